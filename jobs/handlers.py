@@ -1,0 +1,153 @@
+"""What the worker does when a run's job ends badly: RQ callbacks and death handlers.
+
+These run in the worker process (or, for ``on_failure``, in the work horse)
+on the host that ran the job, so they may signal the run's processes and
+read its output file. Each ends the run through jobs.state, so a handler
+that loses a race with the job or a sweep changes nothing.
+"""
+
+import logging
+import os
+import signal
+
+from flask import current_app
+from rq.worker import Worker
+
+from webapp.extensions import db
+from webapp.models import Deployment, RunStatus
+
+from . import output, process, state
+
+logger = logging.getLogger(__name__)
+
+
+def _run_of(job):
+    from .queueing import run_of
+
+    return run_of(job)
+
+
+def signal_name(number):
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def end_here(run_id, attempt, status, reason, *, reason_code, decided_by, evidence=None):
+    """Kill a run's processes on this host, keep its output and end it.
+
+    Returns True if this call ended the run. Safe to call twice.
+    """
+    db.session.rollback()
+    run = db.session.get(Deployment, run_id, populate_existing=True)
+    if run is None:
+        logger.warning("run %s: not found; nothing to end", run_id)
+        return False
+    hostname = current_app.config["HOSTNAME"]
+    if run.hostname == hostname:
+        process.kill_run(hostname, run_id, run.pid, run.pid_started)
+        output.catch_up(run)
+    evidence = {
+        "worker": run.worker_name,
+        "host": run.hostname,
+        "pid": run.pid,
+        "last_heartbeat": run.heartbeat_at.isoformat() if run.heartbeat_at else None,
+        **(evidence or {}),
+    }
+    return state.finish(
+        run_id,
+        status,
+        reason,
+        attempt=attempt,
+        decided_by=decided_by,
+        reason_code=reason_code,
+        evidence=evidence,
+        progress=run.progress,
+        explain=True,
+    )
+
+
+def on_horse_killed(worker, job, retpid, ret_val):
+    """End the run of a work horse that died without finishing it (signal, OOM)."""
+    run = _run_of(job)
+    if run is None:
+        return
+    run_id, attempt = run
+    if ret_val is not None and os.WIFSIGNALED(ret_val):
+        how = f"was killed by {signal_name(os.WTERMSIG(ret_val))}"
+    else:
+        how = f"exited with status {ret_val} before finishing the run"
+    reason = (
+        f"the work horse (pid {retpid}) of worker {worker.name} on host "
+        f"{current_app.config['HOSTNAME']} {how}"
+    )
+    end_here(
+        run_id,
+        attempt,
+        RunStatus.ABANDONED,
+        reason,
+        reason_code="horse_killed",
+        decided_by="worker",
+        evidence={"horse_pid": retpid, "wait_status": ret_val, "rq_job": job.id},
+    )
+
+
+def on_failure(job, connection, exc_type, exc_value, traceback):
+    """RQ failure callback: end the run if the job failed before doing so itself."""
+    run = _run_of(job)
+    if run is None:
+        return
+    run_id, attempt = run
+    end_here(
+        run_id,
+        attempt,
+        RunStatus.FAILED,
+        f"the job failed: {exc_type.__name__}: {exc_value}",
+        reason_code="job_failed",
+        decided_by="worker",
+        evidence={"rq_job": job.id, "exception": repr(exc_value)},
+    )
+
+
+def on_stopped(job, connection):
+    """RQ stopped callback: the worker killed the horse on a stop-job command."""
+    run = _run_of(job)
+    if run is None:
+        return
+    run_id, attempt = run
+    end_here(
+        run_id,
+        attempt,
+        RunStatus.CANCELED,
+        "stopped by an RQ stop-job command",
+        reason_code="stopped",
+        decided_by="operator",
+        evidence={"rq_job": job.id},
+    )
+
+
+class RunWorker(Worker):
+    """An RQ worker that ends its run when its work horse dies or it shuts down cold."""
+
+    def handle_work_horse_killed(self, job, retpid, ret_val, rusage):
+        super().handle_work_horse_killed(job, retpid, ret_val, rusage)
+        on_horse_killed(self, job, retpid, ret_val)
+
+    def request_force_stop(self, signum, frame):
+        job = self.get_current_job() if self.horse_pid else None
+        try:
+            super().request_force_stop(signum, frame)
+        except SystemExit:
+            run = _run_of(job)
+            if run is not None:
+                end_here(
+                    *run,
+                    RunStatus.ABANDONED,
+                    f"worker {self.name} on host {current_app.config['HOSTNAME']} was "
+                    f"shut down cold ({signal_name(signum)} twice) and killed its work horse",
+                    reason_code="cold_shutdown",
+                    decided_by="worker",
+                    evidence={"rq_job": job.id, "signal": signal_name(signum)},
+                )
+            raise

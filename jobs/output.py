@@ -1,0 +1,75 @@
+"""Copying a run's output from ansible-runner's stdout file into SQL.
+
+ansible-runner writes everything the playbook prints to
+``<artifact_dir>/stdout`` and flushes it after every event. The work horse
+copies new bytes from there every fraction of a second; when the horse dies,
+whoever finalizes the run on the same host copies what is left, so nothing
+printed before a fault is lost.
+"""
+
+import logging
+import os
+
+from webapp.extensions import db
+from webapp.models import Deployment
+
+from . import state
+
+logger = logging.getLogger(__name__)
+
+# At most this much is read and stored per chunk, which bounds memory use
+# however much a playbook prints.
+CHUNK_BYTES = 1024 * 1024
+
+
+def stdout_path(artifact_dir):
+    return os.path.join(artifact_dir, "stdout")
+
+
+def copy_new_output(run_id, artifact_dir, offset):
+    """Store bytes of the stdout file past ``offset``; return the new offset.
+
+    Bytes are decoded as UTF-8 with invalid sequences replaced. A multi-byte
+    character split across two reads is completed on the next read.
+    """
+    path = stdout_path(artifact_dir)
+    try:
+        handle = open(path, "rb")
+    except FileNotFoundError:
+        return offset
+    with handle:
+        while True:
+            handle.seek(offset)
+            data = handle.read(CHUNK_BYTES)
+            if not data:
+                return offset
+            data = _trim_partial_character(data)
+            text = data.decode("utf-8", errors="replace")
+            new_offset = offset + len(data)
+            if not state.append_output(run_id, text, new_offset, offset):
+                # Another reader stored these bytes first: continue from its offset.
+                new_offset = db.session.get(Deployment, run_id, populate_existing=True).output_offset
+            offset = new_offset
+
+
+def _trim_partial_character(data):
+    """Drop an incomplete UTF-8 sequence at the end of ``data``, if short."""
+    if len(data) < CHUNK_BYTES:
+        return data
+    for back in range(1, 4):
+        byte = data[-back]
+        if byte & 0xC0 == 0xC0:  # a lead byte: the sequence may be cut
+            return data[:-back]
+        if byte & 0x80 == 0:  # plain ASCII: nothing is cut
+            return data
+    return data
+
+
+def catch_up(run):
+    """Copy whatever the stdout file of ``run`` holds beyond what SQL has."""
+    if not run.artifact_dir:
+        return
+    try:
+        copy_new_output(run.id, run.artifact_dir, run.output_offset or 0)
+    except OSError:
+        logger.exception("run %s: could not read the output file in %s", run.id, run.artifact_dir)

@@ -1,0 +1,380 @@
+"""The ``run_playbook`` job: one execution of one run, inside an RQ work horse.
+
+The job owns its run's row while it runs: it marks it running, keeps its
+heartbeat and output current from a monitor thread, and writes the terminal
+status. The worker's handlers (jobs.handlers) and the sweep (jobs.sweep)
+finish the row when the job cannot.
+"""
+
+import json
+import logging
+import os
+import shlex
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import ansible_runner
+import psutil
+from flask import current_app
+from rq import get_current_job
+from rq.timeouts import JobTimeoutException
+
+from webapp.extensions import db
+from webapp.models import Deployment, RunStatus
+
+from . import output, process, state
+
+logger = logging.getLogger(__name__)
+
+JOBS_DIR = Path(__file__).resolve().parent
+# Started by ansible-runner in place of ansible-playbook; see the file itself.
+GUARD = JOBS_DIR / "bin" / "ansible-playbook"
+CALLBACK_DIR = JOBS_DIR / "ansible_plugins" / "callback"
+# Return code of ansible-playbook when the prompt guard stopped it.
+PROMPT_EXIT_CODE = 3
+
+
+def run_playbook(run_id, attempt):
+    """Run one execution of a deployment with ansible-runner and record it.
+
+    Writes the run's state, heartbeats, output and result to SQL. Safe to
+    run twice for the same attempt: the second execution finds the run no
+    longer queued and does nothing.
+    """
+    db.engine.dispose(close=False)  # fresh connections in the forked horse
+    config = current_app.config
+    job = get_current_job()
+    me = psutil.Process()
+    if not state.mark_running(
+        run_id,
+        attempt,
+        worker_name=job.worker_name if job else None,
+        hostname=config["HOSTNAME"],
+        horse_pid=me.pid,
+        horse_started=me.create_time(),
+    ):
+        return "skipped"
+
+    run = db.session.get(Deployment, run_id)
+    execution = Execution(run, attempt, config)
+    try:
+        result = execution.run()
+    except JobTimeoutException:
+        execution.stop(
+            RunStatus.TIMEOUT,
+            f"exceeded its timeout of {run.timeout} s and was stopped",
+            reason_code="job_timeout",
+            decided_by="timeout",
+        )
+        raise
+    except BaseException as exc:
+        execution.stop(
+            RunStatus.FAILED,
+            f"the worker failed while running the playbook: {exc!r}",
+            reason_code="worker_error",
+            decided_by="worker",
+        )
+        raise
+    return result
+
+
+class Execution:
+    """The ansible-runner call of one attempt, with its monitor thread."""
+
+    def __init__(self, run, attempt, config):
+        self.run_id = run.id
+        self.attempt = attempt
+        self.config = config
+        self.playbook = run.playbook
+        self.target = run.target
+        self.extra_vars = dict(run.extra_vars or {})
+        self.check_mode = run.check_mode
+        self.hostname = config["HOSTNAME"]
+        self.private_dir = Path(config["ARTIFACT_DIR"]) / f"{run.id}-{attempt}"
+        self.artifact_dir = self.private_dir / "artifacts"
+        self.prompt_file = self.private_dir / "prompt.json"
+        self.progress = Progress()
+        self.monitor = Monitor(self)
+        self.pid = None
+        self.pid_started = None
+        self.lost_ownership = threading.Event()
+
+    def runner_options(self):
+        bin_dir = os.path.dirname(self.config["PYTHON"])
+        envvars = {
+            process.MARKER: process.marker_value(self.hostname, self.run_id, self.attempt),
+            "SHEPHERD_ANSIBLE_PLAYBOOK": shutil.which("ansible-playbook", path=bin_dir)
+            or shutil.which("ansible-playbook"),
+            "SHEPHERD_PROMPT_FILE": str(self.prompt_file),
+            "ANSIBLE_CALLBACK_PLUGINS": str(CALLBACK_DIR),
+            "ANSIBLE_CALLBACKS_ENABLED": "shepherd_prompt_guard",
+            "ANSIBLE_FORCE_COLOR": "1",
+            "ANSIBLE_RETRY_FILES_ENABLED": "0",
+            "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+        }
+        return dict(
+            private_data_dir=str(self.private_dir),
+            artifact_dir=str(self.artifact_dir),
+            ident="run",
+            project_dir=self.config["PLAYBOOK_DIR"],
+            inventory=self.config["INVENTORY"],
+            limit=self.target,
+            extravars=self.extra_vars or None,
+            # With a custom binary ansible-runner does not add the playbook
+            # itself. It splits this string back into arguments; no shell runs.
+            cmdline=shlex.join([self.playbook, *(["--check"] if self.check_mode else [])]),
+            envvars=envvars,
+            binary=str(GUARD),
+            quiet=True,
+            event_handler=self.progress.on_event,
+            cancel_callback=self.lost_ownership.is_set,
+            # How often ansible-runner checks the cancel callback, in seconds.
+            settings={"suppress_ansible_output": True, "pexpect_timeout": 1},
+        )
+
+    @property
+    def run_artifact_dir(self):
+        return str(self.artifact_dir / "run")
+
+    def run(self):
+        self.private_dir.mkdir(parents=True, exist_ok=True)
+        self.monitor.start()
+        runner = ansible_runner.run(**self.runner_options())
+        self.monitor.stop()
+        if self.lost_ownership.is_set():
+            # Canceled or finalized by someone else: their status stands.
+            # ansible-runner killed only ansible-playbook's process group.
+            process.kill_run(self.hostname, self.run_id, attempt=self.attempt)
+            return "superseded"
+
+        stats = self.progress.stats or _stats_from_runner(runner)
+        status, reason, code = self.verdict(runner.rc, stats)
+        state.finish(
+            self.run_id,
+            status,
+            reason,
+            attempt=self.attempt,
+            decided_by="worker",
+            reason_code=code,
+            rc=runner.rc,
+            stats=stats,
+            progress=self.progress.snapshot(),
+        )
+        return status.value
+
+    def verdict(self, rc, stats):
+        """Return (status, reason, reason code) for a playbook that ended by itself."""
+        prompt = self._prompt()
+        if prompt:
+            reason = (
+                f"the playbook waits for keyboard input at the {prompt['kind']} prompt "
+                f"{prompt['prompt']!r} ({prompt['where']}); pass the answer as an extra var"
+            )
+            return RunStatus.FAILED, reason, "waits_for_input"
+        if rc == 0:
+            return RunStatus.SUCCESSFUL, None, None
+        failed = sorted(h for h, s in (stats or {}).items() if s.get("failures"))
+        unreachable = sorted(h for h, s in (stats or {}).items() if s.get("dark"))
+        parts = []
+        if failed:
+            parts.append("failed on " + ", ".join(failed))
+        if unreachable:
+            parts.append("unreachable: " + ", ".join(unreachable))
+        if not parts:
+            parts.append("ansible-playbook exited with an error before running tasks")
+        code = "unreachable" if unreachable and not failed else "playbook_failed"
+        return RunStatus.FAILED, f"{'; '.join(parts)} (return code {rc})", code
+
+    def _prompt(self):
+        try:
+            return json.loads(self.prompt_file.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def stop(self, status, reason, *, reason_code, decided_by):
+        """Kill the playbook's processes and record how the execution ended."""
+        self.monitor.stop()
+        process.kill_run(self.hostname, self.run_id, self.pid, self.pid_started, self.attempt)
+        output.copy_new_output(self.run_id, self.run_artifact_dir, self._offset())
+        state.finish(
+            self.run_id,
+            status,
+            reason,
+            attempt=self.attempt,
+            decided_by=decided_by,
+            reason_code=reason_code,
+            evidence={"pid": self.pid, "host": self.hostname},
+            progress=self.progress.snapshot(),
+            stats=self.progress.stats,
+            explain=True,
+        )
+
+    def _offset(self):
+        return db.session.get(Deployment, self.run_id, populate_existing=True).output_offset
+
+    def find_playbook_process(self):
+        """Record ansible-playbook's PID once it runs (the horse's only child)."""
+        if self.pid:
+            return
+        for child in psutil.Process().children():
+            try:
+                started = child.create_time()
+                pgid = os.getpgid(child.pid)
+            except (psutil.NoSuchProcess, ProcessLookupError):
+                continue
+            self.pid, self.pid_started = child.pid, started
+            state.record_process(
+                self.run_id,
+                self.attempt,
+                pid=child.pid,
+                pgid=pgid,
+                pid_started=started,
+                artifact_dir=self.run_artifact_dir,
+            )
+            return
+
+
+class Monitor(threading.Thread):
+    """Copies output, writes heartbeats and watches for lost ownership.
+
+    Runs in the work horse beside ansible-runner, which keeps the main thread.
+    """
+
+    def __init__(self, execution):
+        super().__init__(name=f"monitor-{execution.run_id}", daemon=True)
+        self.execution = execution
+        self.app = current_app._get_current_object()
+        self.stopping = threading.Event()
+        self.offset = 0
+
+    def run(self):
+        with self.app.app_context():
+            self.loop()
+
+    def loop(self):
+        execution = self.execution
+        interval = execution.config["OUTPUT_FLUSH_INTERVAL"]
+        beat_every = execution.config["HEARTBEAT_INTERVAL"]
+        next_beat = 0.0
+        while True:
+            stopping = self.stopping.wait(interval)
+            try:
+                execution.find_playbook_process()
+                self.offset = output.copy_new_output(
+                    execution.run_id, execution.run_artifact_dir, self.offset
+                )
+                if stopping:
+                    return
+                if time.monotonic() >= next_beat:
+                    next_beat = time.monotonic() + beat_every
+                    self.beat()
+            except Exception:
+                # A database hiccup must not kill the monitor: retry next tick.
+                logger.exception("run %s: monitor tick failed; retrying", execution.run_id)
+                db.session.rollback()
+                if stopping:
+                    return
+
+    def beat(self):
+        execution = self.execution
+        progress = execution.progress.snapshot_if_changed()
+        if state.heartbeat(execution.run_id, execution.attempt, progress):
+            return
+        if not execution.lost_ownership.is_set():
+            logger.warning(
+                "run %s: attempt %s no longer owns the run; stopping the playbook",
+                execution.run_id,
+                execution.attempt,
+            )
+            execution.lost_ownership.set()
+            process.signal_leader(execution.pid, execution.pid_started)
+
+    def stop(self):
+        if self.is_alive():
+            self.stopping.set()
+            self.join(timeout=30)
+
+
+class Progress:
+    """Play, task and per-host progress built from ansible-runner's events."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.play = None
+        self.task = None
+        self.tasks_started = 0
+        self.hosts = {}
+        self.host_last_task = {}
+        self.stats = None
+        self.version = 0
+        self.reported = -1
+
+    def on_event(self, event):
+        kind = event.get("event")
+        data = event.get("event_data") or {}
+        with self.lock:
+            if kind == "playbook_on_play_start":
+                self.play = data.get("play")
+            elif kind == "playbook_on_task_start":
+                self.task = data.get("task")
+                self.tasks_started += 1
+            elif kind in HOST_RESULTS:
+                host = data.get("host")
+                if host:
+                    self.hosts.setdefault(host, {"ok": 0, "changed": 0, "failed": 0, "unreachable": 0, "skipped": 0})
+                    self.hosts[host][HOST_RESULTS[kind]] += 1
+                    if kind == "runner_on_ok" and (data.get("res") or {}).get("changed"):
+                        self.hosts[host]["changed"] += 1
+                    self.host_last_task[host] = data.get("task")
+            elif kind == "runner_on_start":
+                host = data.get("host")
+                if host:
+                    self.host_last_task[host] = data.get("task")
+            elif kind == "playbook_on_stats":
+                self.stats = _stats_from_event(data)
+            else:
+                return True
+            self.version += 1
+        return True  # keep ansible-runner's job_events files
+
+    def snapshot(self):
+        with self.lock:
+            return {
+                "play": self.play,
+                "task": self.task,
+                "tasks_started": self.tasks_started,
+                "hosts": {h: dict(c) for h, c in self.hosts.items()},
+                "host_last_task": dict(self.host_last_task),
+            }
+
+    def snapshot_if_changed(self):
+        with self.lock:
+            if self.version == self.reported:
+                return None
+            self.reported = self.version
+        return self.snapshot()
+
+
+HOST_RESULTS = {
+    "runner_on_ok": "ok",
+    "runner_on_failed": "failed",
+    "runner_on_unreachable": "unreachable",
+    "runner_on_skipped": "skipped",
+}
+STAT_KEYS = ("ok", "changed", "failures", "dark", "skipped", "rescued", "ignored")
+
+
+def _stats_from_event(data):
+    hosts = set()
+    for key in STAT_KEYS:
+        hosts.update((data.get(key) or {}).keys())
+    return {host: {key: (data.get(key) or {}).get(host, 0) for key in STAT_KEYS} for host in sorted(hosts)}
+
+
+def _stats_from_runner(runner):
+    try:
+        return _stats_from_event(runner.stats or {})
+    except Exception:
+        return {}

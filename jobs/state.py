@@ -1,0 +1,220 @@
+"""The run state machine: every change of a run's status goes through here.
+
+    queued  --worker starts it-------------------------> running
+    queued  --operator cancels-------------------------> canceled
+    queued  --sweep: job lost twice / job failed in RQ-> failed
+    running --playbook ends (worker)-------------------> successful | failed
+    running --job_timeout fires (worker)---------------> timeout
+    running --operator cancels (web)-------------------> canceled
+    running --horse killed, cold shutdown (worker)-----> abandoned
+    running --stale heartbeat, dead horse (sweep)------> abandoned
+
+Each write is a compare-and-set on the status and, for a worker, on the
+attempt number that fences its execution: the first terminal status wins and
+a late write from an execution already declared dead changes nothing.
+"""
+
+import logging
+
+from sqlalchemy import update
+
+from webapp.extensions import db
+from webapp.models import (
+    ACTIVE_STATUSES,
+    Deployment,
+    OutputChunk,
+    RunStatus,
+    database_time,
+    db_now,
+)
+
+logger = logging.getLogger(__name__)
+
+ACTIVE = [s.value for s in ACTIVE_STATUSES]
+
+
+def mark_running(run_id, attempt, *, worker_name, hostname, horse_pid, horse_started):
+    """Move a queued run to running for execution ``attempt``.
+
+    Returns False, changing nothing, when the run was canceled or another
+    execution owns it. Safe to call twice: the second call returns False.
+    """
+    result = db.session.execute(
+        update(Deployment)
+        .where(
+            Deployment.id == run_id,
+            Deployment.attempt == attempt,
+            Deployment.status == RunStatus.QUEUED.value,
+        )
+        .values(
+            status=RunStatus.RUNNING.value,
+            started_at=db_now(),
+            heartbeat_at=db_now(),
+            worker_name=worker_name,
+            hostname=hostname,
+            horse_pid=horse_pid,
+            horse_started=horse_started,
+        )
+    )
+    db.session.commit()
+    if result.rowcount != 1:
+        logger.info("run %s: attempt %s not started, the run is no longer queued", run_id, attempt)
+        return False
+    logger.info("run %s: queued -> running on %s (worker %s)", run_id, hostname, worker_name)
+    return True
+
+
+def record_process(run_id, attempt, *, pid, pgid, pid_started, artifact_dir):
+    """Store the ansible-playbook process of a running execution."""
+    db.session.execute(
+        update(Deployment)
+        .where(Deployment.id == run_id, Deployment.attempt == attempt)
+        .values(pid=pid, pgid=pgid, pid_started=pid_started, artifact_dir=artifact_dir)
+    )
+    db.session.commit()
+
+
+def heartbeat(run_id, attempt, progress=None):
+    """Write the heartbeat of a running execution on the database clock.
+
+    Returns False when the execution no longer owns a running run, which
+    tells the caller to stop its playbook.
+    """
+    values = {"heartbeat_at": db_now()}
+    if progress is not None:
+        values["progress"] = progress
+    result = db.session.execute(
+        update(Deployment)
+        .where(
+            Deployment.id == run_id,
+            Deployment.attempt == attempt,
+            Deployment.status == RunStatus.RUNNING.value,
+        )
+        .values(**values)
+    )
+    db.session.commit()
+    return result.rowcount == 1
+
+
+def finish(
+    run_id,
+    status,
+    reason=None,
+    *,
+    decided_by,
+    attempt=None,
+    reason_code=None,
+    evidence=None,
+    rc=None,
+    stats=None,
+    progress=None,
+    explain=False,
+    from_statuses=ACTIVE,
+):
+    """Move an active run to the terminal ``status``; return True if this call did.
+
+    ``attempt`` fences a worker's write to its own execution; sweeps and
+    operators pass None. With ``explain``, the reason is appended to the
+    output once, by whichever caller wins. Safe to call twice and from
+    racing processes: only the first call changes the row.
+    """
+    status = RunStatus(status)
+    if not status.is_terminal:
+        raise ValueError(f"{status.value!r} is not a terminal status")
+    if status is not RunStatus.SUCCESSFUL and not reason:
+        raise ValueError(f"a {status.value} run needs a reason")
+
+    now = database_time()
+    verdict = {
+        "code": reason_code or status.value,
+        "decided_by": decided_by,
+        "decided_at": now.isoformat(),
+        "clock": "database",
+        "evidence": evidence or {},
+    }
+    conditions = [Deployment.id == run_id, Deployment.status.in_(from_statuses)]
+    if attempt is not None:
+        conditions.append(Deployment.attempt == attempt)
+    values = {
+        "status": status.value,
+        "reason": reason,
+        "reason_code": reason_code or status.value,
+        "verdict": verdict,
+        "finished_at": now,
+    }
+    if rc is not None:
+        values["rc"] = rc
+    if stats is not None:
+        values["stats"] = stats
+    if progress is not None:
+        values["progress"] = progress
+        if progress.get("host_last_task"):
+            verdict["last_tasks"] = progress["host_last_task"]
+
+    result = db.session.execute(update(Deployment).where(*conditions).values(**values))
+    won = result.rowcount == 1
+    if won and explain:
+        db.session.add(
+            OutputChunk(deployment_id=run_id, text=f"\n[shepherd] {status.value}: {reason}\n")
+        )
+    db.session.commit()
+
+    if won:
+        log = logger.info if decided_by == "worker" else logger.warning
+        log("run %s: -> %s by %s: %s", run_id, status.value, decided_by, reason or "ok")
+    else:
+        logger.info(
+            "run %s: %s by %s ignored, the run already ended", run_id, status.value, decided_by
+        )
+    return won
+
+
+def requeue(run_id, attempt, job_id):
+    """Give a queued run whose RQ job was lost a new attempt; True if this call did.
+
+    Only the first requeue succeeds, so two sweeps never enqueue twice.
+    """
+    result = db.session.execute(
+        update(Deployment)
+        .where(
+            Deployment.id == run_id,
+            Deployment.attempt == attempt,
+            Deployment.status == RunStatus.QUEUED.value,
+            Deployment.requeue_count == 0,
+        )
+        .values(attempt=attempt + 1, requeue_count=1, job_id=job_id)
+    )
+    won = result.rowcount == 1
+    if won:
+        db.session.add(
+            OutputChunk(
+                deployment_id=run_id,
+                text="[shepherd] the queued job was lost from Redis; enqueued it again\n",
+            )
+        )
+    db.session.commit()
+    if won:
+        logger.warning("run %s: RQ job lost while queued; re-enqueued as %s", run_id, job_id)
+    return won
+
+
+def append_output(run_id, text, new_offset, old_offset, *, at_output=True):
+    """Append ``text`` read from the artifact stdout file between two byte offsets.
+
+    The offset is compared and set in the same transaction, so two readers of
+    one file never store the same bytes twice. Returns True if stored.
+    """
+    values = {"output_offset": new_offset}
+    if at_output:
+        values["last_output_at"] = db_now()
+    result = db.session.execute(
+        update(Deployment)
+        .where(Deployment.id == run_id, Deployment.output_offset == old_offset)
+        .values(**values)
+    )
+    if result.rowcount != 1:
+        db.session.rollback()
+        return False
+    db.session.add(OutputChunk(deployment_id=run_id, text=text))
+    db.session.commit()
+    return True

@@ -1,0 +1,76 @@
+"""Command-line tools for operators: ``flask --app webapp <command>``."""
+
+from datetime import timedelta
+
+import click
+from flask import current_app
+from sqlalchemy import select
+
+from .extensions import db
+from .models import Deployment, RunStatus, database_time
+
+
+def register(app):
+    app.cli.add_command(cleanup_stuck_deployments_command)
+
+
+@click.command("cleanup-stuck-deployments")
+@click.option("--dry-run", is_flag=True, help="Print what would change and change nothing.")
+@click.option(
+    "--timeout-hours",
+    type=float,
+    default=6.0,
+    show_default=True,
+    help="End runs that have been running or queued for longer than this many hours.",
+)
+def cleanup_stuck_deployments_command(dry_run, timeout_hours):
+    """End runs stuck in running or queued for longer than --timeout-hours.
+
+    Each is marked abandoned with an explanation appended to its output, and
+    its processes on this host are killed. For installations that run no
+    scheduler; with the scheduler running, its sweeps do this within seconds.
+    """
+    from jobs import handlers
+
+    if timeout_hours <= 0:
+        raise click.BadParameter(f"{timeout_hours!r} is not a positive number of hours.", param_hint="--timeout-hours")
+    now = database_time()
+    cutoff = now - timedelta(hours=timeout_hours)
+    click.echo(f"Current time: {now.isoformat()}")
+    click.echo(f"Cutoff:       {cutoff.isoformat()} ({timeout_hours:g} h ago)")
+    runs = db.session.scalars(
+        select(Deployment)
+        .where(
+            Deployment.status.in_([RunStatus.RUNNING.value, RunStatus.QUEUED.value]),
+            db.func.coalesce(Deployment.started_at, Deployment.queued_at) < cutoff,
+        )
+        .order_by(Deployment.id)
+    ).all()
+    ended = 0
+    for run in runs:
+        since = run.started_at or run.queued_at
+        hours = (now - since).total_seconds() / 3600
+        kind = "scheduled" if run.trigger.startswith("schedule") else "manual"
+        click.echo(
+            f"  run {run.id}: {run.playbook} on {run.target} ({kind}), {run.status} since "
+            f"{since.isoformat()}, for {hours:.1f} hours"
+        )
+        if dry_run:
+            continue
+        reason = (
+            f"ended by cleanup-stuck-deployments: {run.status} for {hours:.1f} hours, "
+            f"longer than {timeout_hours:g} hours"
+        )
+        ended += handlers.end_here(
+            run.id,
+            None,
+            RunStatus.ABANDONED,
+            reason,
+            reason_code="manual_cleanup",
+            decided_by="cleanup-stuck-deployments",
+            evidence={"hours": round(hours, 3), "cutoff": cutoff.isoformat(), "host": current_app.config["HOSTNAME"]},
+        )
+    if dry_run:
+        click.echo(f"Dry run: {len(runs)} stuck run(s) found, nothing changed.")
+    else:
+        click.echo(f"{len(runs)} stuck run(s) found, {ended} marked abandoned.")

@@ -1,0 +1,15 @@
+"""Redis connections and the RQ queue, built from the application's config."""
+
+from redis import Redis
+from rq import Queue
+
+
+def connect(url):
+    """Return a Redis client for ``url`` (``redis://``, ``rediss://`` or ``unix://``)."""
+    return Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+
+
+def get_queue(config, connection=None):
+    """Return the RQ queue that carries playbook runs."""
+    connection = connection or connect(config["REDIS_URL"])
+    return Queue(config["QUEUE_NAME"], connection=connection)
