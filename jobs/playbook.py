@@ -104,7 +104,9 @@ class Execution:
     def runner_options(self):
         bin_dir = os.path.dirname(self.config["PYTHON"])
         envvars = {
-            process.MARKER: process.marker_value(self.hostname, self.run_id, self.attempt),
+            process.MARKER: process.marker_value(
+                self.hostname, self.run_id, self.attempt
+            ),
             "SHEPHERD_ANSIBLE_PLAYBOOK": shutil.which("ansible-playbook", path=bin_dir)
             or shutil.which("ansible-playbook"),
             "SHEPHERD_PROMPT_FILE": str(self.prompt_file),
@@ -124,7 +126,9 @@ class Execution:
             extravars=self.extra_vars or None,
             # With a custom binary ansible-runner does not add the playbook
             # itself. It splits this string back into arguments; no shell runs.
-            cmdline=shlex.join([self.playbook, *(["--check"] if self.check_mode else [])]),
+            cmdline=shlex.join(
+                [self.playbook, *(["--check"] if self.check_mode else [])]
+            ),
             envvars=envvars,
             binary=str(GUARD),
             quiet=True,
@@ -196,7 +200,9 @@ class Execution:
     def stop(self, status, reason, *, reason_code, decided_by):
         """Kill the playbook's processes and record how the execution ended."""
         self.monitor.stop()
-        process.kill_run(self.hostname, self.run_id, self.pid, self.pid_started, self.attempt)
+        process.kill_run(
+            self.hostname, self.run_id, self.pid, self.pid_started, self.attempt
+        )
         output.copy_new_output(self.run_id, self.run_artifact_dir, self._offset())
         state.finish(
             self.run_id,
@@ -212,7 +218,9 @@ class Execution:
         )
 
     def _offset(self):
-        return db.session.get(Deployment, self.run_id, populate_existing=True).output_offset
+        return db.session.get(
+            Deployment, self.run_id, populate_existing=True
+        ).output_offset
 
     def find_playbook_process(self):
         """Record ansible-playbook's PID once it runs (the horse's only child)."""
@@ -272,7 +280,9 @@ class Monitor(threading.Thread):
                     self.beat()
             except Exception:
                 # A database hiccup must not kill the monitor: retry next tick.
-                logger.exception("run %s: monitor tick failed; retrying", execution.run_id)
+                logger.exception(
+                    "run %s: monitor tick failed; retrying", execution.run_id
+                )
                 db.session.rollback()
                 if stopping:
                     return
@@ -323,9 +333,20 @@ class Progress:
             elif kind in HOST_RESULTS:
                 host = data.get("host")
                 if host:
-                    self.hosts.setdefault(host, {"ok": 0, "changed": 0, "failed": 0, "unreachable": 0, "skipped": 0})
+                    self.hosts.setdefault(
+                        host,
+                        {
+                            "ok": 0,
+                            "changed": 0,
+                            "failed": 0,
+                            "unreachable": 0,
+                            "skipped": 0,
+                        },
+                    )
                     self.hosts[host][HOST_RESULTS[kind]] += 1
-                    if kind == "runner_on_ok" and (data.get("res") or {}).get("changed"):
+                    if kind == "runner_on_ok" and (data.get("res") or {}).get(
+                        "changed"
+                    ):
                         self.hosts[host]["changed"] += 1
                     self.host_last_task[host] = data.get("task")
             elif kind == "runner_on_start":
@@ -370,7 +391,10 @@ def _stats_from_event(data):
     hosts = set()
     for key in STAT_KEYS:
         hosts.update((data.get(key) or {}).keys())
-    return {host: {key: (data.get(key) or {}).get(host, 0) for key in STAT_KEYS} for host in sorted(hosts)}
+    return {
+        host: {key: (data.get(key) or {}).get(host, 0) for key in STAT_KEYS}
+        for host in sorted(hosts)
+    }
 
 
 def _stats_from_runner(runner):

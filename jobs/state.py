@@ -58,9 +58,15 @@ def mark_running(run_id, attempt, *, worker_name, hostname, horse_pid, horse_sta
     )
     db.session.commit()
     if result.rowcount != 1:
-        logger.info("run %s: attempt %s not started, the run is no longer queued", run_id, attempt)
+        logger.info(
+            "run %s: attempt %s not started, the run is no longer queued",
+            run_id,
+            attempt,
+        )
         return False
-    logger.info("run %s: queued -> running on %s (worker %s)", run_id, hostname, worker_name)
+    logger.info(
+        "run %s: queued -> running on %s (worker %s)", run_id, hostname, worker_name
+    )
     return True
 
 
@@ -155,7 +161,9 @@ def finish(
     won = result.rowcount == 1
     if won and explain:
         db.session.add(
-            OutputChunk(deployment_id=run_id, text=f"\n[shepherd] {status.value}: {reason}\n")
+            OutputChunk(
+                deployment_id=run_id, text=f"\n[shepherd] {status.value}: {reason}\n"
+            )
         )
     db.session.commit()
 
@@ -164,7 +172,10 @@ def finish(
         log("run %s: -> %s by %s: %s", run_id, status.value, decided_by, reason or "ok")
     else:
         logger.info(
-            "run %s: %s by %s ignored, the run already ended", run_id, status.value, decided_by
+            "run %s: %s by %s ignored, the run already ended",
+            run_id,
+            status.value,
+            decided_by,
         )
     return won
 
@@ -194,7 +205,9 @@ def requeue(run_id, attempt, job_id):
         )
     db.session.commit()
     if won:
-        logger.warning("run %s: RQ job lost while queued; re-enqueued as %s", run_id, job_id)
+        logger.warning(
+            "run %s: RQ job lost while queued; re-enqueued as %s", run_id, job_id
+        )
     return won
 
 

@@ -41,7 +41,9 @@ def sweep(connection, queue):
         "rq_ended": reconcile_running(connection, config),
         "lost_queued": repair_queued(connection, queue, config),
     }
-    counts["orphans_killed"] = reap_host(config["HOSTNAME"], finalize=False)["orphans_killed"]
+    counts["orphans_killed"] = reap_host(config["HOSTNAME"], finalize=False)[
+        "orphans_killed"
+    ]
     counts["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
     connection.set(
         LAST_SWEEP_KEY,
@@ -54,7 +56,9 @@ def sweep(connection, queue):
 
 def _running_runs(*conditions):
     return db.session.scalars(
-        select(Deployment).where(Deployment.status == RunStatus.RUNNING.value, *conditions)
+        select(Deployment).where(
+            Deployment.status == RunStatus.RUNNING.value, *conditions
+        )
     ).all()
 
 
@@ -119,7 +123,11 @@ def reconcile_running(connection, config):
             run,
             reason,
             "rq_job_ended",
-            {"heartbeat_age": round(age, 3), "clock": "database", "rq_status": rq_status.value},
+            {
+                "heartbeat_age": round(age, 3),
+                "clock": "database",
+                "rq_status": rq_status.value,
+            },
         )
     return ended
 
@@ -152,7 +160,12 @@ def repair_queued(connection, queue, config):
     repaired = 0
     for run in runs:
         rq_status = _rq_status(connection, run.job_id)
-        if rq_status in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
+        if rq_status in (
+            JobStatus.QUEUED,
+            JobStatus.STARTED,
+            JobStatus.DEFERRED,
+            JobStatus.SCHEDULED,
+        ):
             continue
         if rq_status in RQ_ENDED:
             repaired += state.finish(
@@ -204,7 +217,9 @@ def reap_host(hostname, finalize=True):
     counts = {"dead_horse": 0, "orphans_killed": 0}
     if finalize:
         for run in _running_runs(Deployment.hostname == hostname):
-            if run.horse_pid is None or process.is_same_process(run.horse_pid, run.horse_started):
+            if run.horse_pid is None or process.is_same_process(
+                run.horse_pid, run.horse_started
+            ):
                 continue
             reason = (
                 f"the work horse (pid {run.horse_pid}) of worker {run.worker_name} on host "

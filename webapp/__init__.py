@@ -30,7 +30,10 @@ def create_app(test_config=None):
 
     extensions.db.init_app(app)
     extensions.migrate.init_app(
-        app, extensions.db, directory=str(config.ROOT / "migrations"), render_as_batch=True
+        app,
+        extensions.db,
+        directory=str(config.ROOT / "migrations"),
+        render_as_batch=True,
     )
     extensions.enable_sqlite_wal(app)
     app.extensions["inventory"] = Inventory(app.config["INVENTORY"])

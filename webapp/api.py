@@ -1,6 +1,14 @@
 """The JSON API under /api: launch, list, read and cancel runs; list the catalog."""
 
-from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    jsonify,
+    request,
+    stream_with_context,
+)
+
 from . import history, launch
 from .catalog import list_playbooks
 from .extensions import db
@@ -78,7 +86,10 @@ def get_output(run_id):
     run, failure = get_run_or_404(run_id)
     if failure:
         return failure
-    return Response(stream_with_context(history.iter_output(run_id)), mimetype="text/plain; charset=utf-8")
+    return Response(
+        stream_with_context(history.iter_output(run_id)),
+        mimetype="text/plain; charset=utf-8",
+    )
 
 
 @bp.post("/deployments/<int:run_id>/cancel")
@@ -87,10 +98,20 @@ def cancel_deployment(run_id):
     if failure:
         return failure
     if not run.is_active:
-        return error(409, f"Deployment {run_id} already ended as {run.status}.", run.status, "status")
+        return error(
+            409,
+            f"Deployment {run_id} already ended as {run.status}.",
+            run.status,
+            "status",
+        )
     if not launch.cancel(run, requested_by=launched_by()):
         db.session.refresh(run)
-        return error(409, f"Deployment {run_id} already ended as {run.status}.", run.status, "status")
+        return error(
+            409,
+            f"Deployment {run_id} already ended as {run.status}.",
+            run.status,
+            "status",
+        )
     db.session.refresh(run)
     return jsonify(run.to_dict())
 

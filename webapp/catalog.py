@@ -90,7 +90,9 @@ def _playbook_from_file(root, path):
         try:
             timeout = int(meta["timeout"])
         except ValueError:
-            logger.warning("playbook %s: timeout %r is not an integer", relative, meta["timeout"])
+            logger.warning(
+                "playbook %s: timeout %r is not an integer", relative, meta["timeout"]
+            )
     return Playbook(
         path=relative,
         name=meta.get("name") or path.stem,
@@ -111,7 +113,12 @@ def list_playbooks(playbook_dir):
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         # Role and variable folders hold YAML that is not a playbook.
-        dirnames[:] = [d for d in dirnames if d not in ("roles", "group_vars", "host_vars", "vars", "files", "templates")]
+        dirnames[:] = [
+            d
+            for d in dirnames
+            if d
+            not in ("roles", "group_vars", "host_vars", "vars", "files", "templates")
+        ]
         for filename in sorted(filenames):
             if not filename.endswith(PLAYBOOK_SUFFIXES) or filename.startswith("."):
                 continue
@@ -125,7 +132,9 @@ def list_playbooks(playbook_dir):
 def find_playbook(playbook_dir, name):
     """Return the catalog entry for ``name`` or raise CatalogError."""
     if not isinstance(name, str) or not name:
-        raise CatalogError("A playbook is required, for example 'ping.yml'.", "playbook", name)
+        raise CatalogError(
+            "A playbook is required, for example 'ping.yml'.", "playbook", name
+        )
     for playbook in list_playbooks(playbook_dir):
         if playbook.path == name:
             return playbook
@@ -168,7 +177,9 @@ class Inventory:
         )
         if not out:
             raise CatalogError(
-                f"Could not read the inventory {str(self.path)!r}: {err}", "inventory", str(self.path)
+                f"Could not read the inventory {str(self.path)!r}: {err}",
+                "inventory",
+                str(self.path),
             )
         return out if isinstance(out, dict) else json.loads(out)
 

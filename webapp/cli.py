@@ -15,7 +15,9 @@ def register(app):
 
 
 @click.command("cleanup-stuck-deployments")
-@click.option("--dry-run", is_flag=True, help="Print what would change and change nothing.")
+@click.option(
+    "--dry-run", is_flag=True, help="Print what would change and change nothing."
+)
 @click.option(
     "--timeout-hours",
     type=float,
@@ -33,7 +35,10 @@ def cleanup_stuck_deployments_command(dry_run, timeout_hours):
     from jobs import handlers
 
     if timeout_hours <= 0:
-        raise click.BadParameter(f"{timeout_hours!r} is not a positive number of hours.", param_hint="--timeout-hours")
+        raise click.BadParameter(
+            f"{timeout_hours!r} is not a positive number of hours.",
+            param_hint="--timeout-hours",
+        )
     now = database_time()
     cutoff = now - timedelta(hours=timeout_hours)
     click.echo(f"Current time: {now.isoformat()}")
@@ -68,7 +73,11 @@ def cleanup_stuck_deployments_command(dry_run, timeout_hours):
             reason,
             reason_code="manual_cleanup",
             decided_by="cleanup-stuck-deployments",
-            evidence={"hours": round(hours, 3), "cutoff": cutoff.isoformat(), "host": current_app.config["HOSTNAME"]},
+            evidence={
+                "hours": round(hours, 3),
+                "cutoff": cutoff.isoformat(),
+                "host": current_app.config["HOSTNAME"],
+            },
         )
     if dry_run:
         click.echo(f"Dry run: {len(runs)} stuck run(s) found, nothing changed.")

@@ -21,7 +21,9 @@ def summary():
     counts = dict(
         db.session.execute(
             select(Deployment.status, func.count())
-            .where(Deployment.status.in_([RunStatus.QUEUED.value, RunStatus.RUNNING.value]))
+            .where(
+                Deployment.status.in_([RunStatus.QUEUED.value, RunStatus.RUNNING.value])
+            )
             .group_by(Deployment.status)
         ).all()
     )

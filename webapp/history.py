@@ -5,7 +5,7 @@ one run at a time.
 """
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from flask import current_app
 from redis.exceptions import RedisError
@@ -65,7 +65,7 @@ def _parse_date(name, raw):
             raw,
         ) from None
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
+        value = value.replace(tzinfo=UTC)
     return value
 
 
@@ -91,7 +91,11 @@ def query_page(args, limit_default=50):
         expanded = set()
         for value in statuses:
             if value in ("stuck", "active"):
-                expanded |= {RunStatus.RUNNING.value, RunStatus.QUEUED.value} if value == "active" else {RunStatus.RUNNING.value}
+                expanded |= (
+                    {RunStatus.RUNNING.value, RunStatus.QUEUED.value}
+                    if value == "active"
+                    else {RunStatus.RUNNING.value}
+                )
             else:
                 expanded.add(value)
         query = query.where(Deployment.status.in_(sorted(expanded)))
@@ -113,7 +117,9 @@ def query_page(args, limit_default=50):
         try:
             query = query.where(Deployment.id < int(before))
         except ValueError:
-            raise FilterError(f"Invalid before {before!r}: give a run id.", "before", before) from None
+            raise FilterError(
+                f"Invalid before {before!r}: give a run id.", "before", before
+            ) from None
     try:
         limit = int(args.get("limit") or limit_default)
     except ValueError:
@@ -123,9 +129,15 @@ def query_page(args, limit_default=50):
             args.get("limit"),
         ) from None
     if not 1 <= limit <= MAX_LIMIT:
-        raise FilterError(f"Invalid limit {limit}: give a number from 1 to {MAX_LIMIT}.", "limit", limit)
+        raise FilterError(
+            f"Invalid limit {limit}: give a number from 1 to {MAX_LIMIT}.",
+            "limit",
+            limit,
+        )
 
-    rows = db.session.scalars(query.order_by(Deployment.id.desc()).limit(limit + 1)).all()
+    rows = db.session.scalars(
+        query.order_by(Deployment.id.desc()).limit(limit + 1)
+    ).all()
     more = len(rows) > limit
     rows = rows[:limit]
     if status and "stuck" in status.split(","):
@@ -186,7 +198,9 @@ def rq_state(run, connection=None):
             position = queue().get_job_position(run.job_id)
             view["position"] = None if position is None else position + 1
         elif status.value not in ("started", "deferred", "scheduled"):
-            view["warning"] = f"RQ reports the job {status.value} while it is queued here"
+            view["warning"] = (
+                f"RQ reports the job {status.value} while it is queued here"
+            )
     elif status.value != "started":
         view["warning"] = f"RQ reports the job {status.value} while it is running here"
     return view
@@ -194,7 +208,13 @@ def rq_state(run, connection=None):
 
 def row_dict(run, now=None):
     data = {column.key: getattr(run, column.key) for column in LIST_COLUMNS}
-    for key in ("queued_at", "started_at", "finished_at", "heartbeat_at", "last_output_at"):
+    for key in (
+        "queued_at",
+        "started_at",
+        "finished_at",
+        "heartbeat_at",
+        "last_output_at",
+    ):
         data[key] = data[key].isoformat() if data[key] else None
     data["check"] = data.pop("check_mode")
     data["duration"] = run.duration
@@ -229,6 +249,9 @@ def output_after(run_id, after_id, batch=200):
 
 def last_chunk_id(run_id):
     """Return the id of the newest output chunk of a run, or 0."""
-    return db.session.scalar(
-        select(func.max(OutputChunk.id)).where(OutputChunk.deployment_id == run_id)
-    ) or 0
+    return (
+        db.session.scalar(
+            select(func.max(OutputChunk.id)).where(OutputChunk.deployment_id == run_id)
+        )
+        or 0
+    )

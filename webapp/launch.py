@@ -69,7 +69,9 @@ def parse_extra_vars(raw):
             return {}
     else:
         raise LaunchError(
-            f"Invalid extra vars {raw!r}: give a JSON object or YAML mapping.", "extra_vars", raw
+            f"Invalid extra vars {raw!r}: give a JSON object or YAML mapping.",
+            "extra_vars",
+            raw,
         )
     if len(text.encode()) > MAX_EXTRA_VARS_BYTES:
         raise LaunchError(
@@ -85,7 +87,9 @@ def parse_extra_vars(raw):
             raw,
         )
     if not all(isinstance(key, str) for key in value):
-        raise LaunchError("Invalid extra vars: every name must be a string.", "extra_vars", raw)
+        raise LaunchError(
+            "Invalid extra vars: every name must be a string.", "extra_vars", raw
+        )
     return value
 
 
@@ -93,16 +97,24 @@ def parse_timeout(raw, default):
     if raw is None or raw == "":
         return default
     if isinstance(raw, bool):
-        raise LaunchError(f"Invalid timeout {raw!r}: give a positive number of seconds.", "timeout", raw)
+        raise LaunchError(
+            f"Invalid timeout {raw!r}: give a positive number of seconds.",
+            "timeout",
+            raw,
+        )
     try:
         value = float(raw)
     except (TypeError, ValueError):
         raise LaunchError(
-            f"Invalid timeout {raw!r}: give a positive number of seconds.", "timeout", raw
+            f"Invalid timeout {raw!r}: give a positive number of seconds.",
+            "timeout",
+            raw,
         ) from None
     if not value > 0 or value != value or value == float("inf"):
         raise LaunchError(
-            f"Invalid timeout {raw!r}: give a positive number of seconds.", "timeout", raw
+            f"Invalid timeout {raw!r}: give a positive number of seconds.",
+            "timeout",
+            raw,
         )
     return max(1, int(round(value)))
 
@@ -115,7 +127,17 @@ def parse_check(raw):
     raise LaunchError(f"Invalid check {raw!r}: give true or false.", "check", raw)
 
 
-def launch(playbook, target, extra_vars=None, check=False, timeout=None, *, launched_by="anonymous", trigger="manual", relaunch_of=None):
+def launch(
+    playbook,
+    target,
+    extra_vars=None,
+    check=False,
+    timeout=None,
+    *,
+    launched_by="anonymous",
+    trigger="manual",
+    relaunch_of=None,
+):
     """Validate a request, create its queued row and enqueue its job.
 
     Returns the new Deployment. Raises LaunchError for invalid input (nothing
@@ -153,14 +175,18 @@ def launch(playbook, target, extra_vars=None, check=False, timeout=None, *, laun
     except RedisError as exc:
         db.session.delete(run)
         db.session.commit()
-        logger.error("launch of %s on %s failed: Redis is unreachable: %s", playbook, target, exc)
+        logger.error(
+            "launch of %s on %s failed: Redis is unreachable: %s", playbook, target, exc
+        )
         raise LaunchError(
             f"Redis at {config['REDIS_URL']} is unreachable ({exc}), so the run was not "
             "created. Start Redis (make run starts the embedded one) or fix REDIS_URL, "
             "then launch again.",
             status=503,
         ) from exc
-    logger.info("run %s: queued %s on %s by %s", run.id, run.playbook, run.target, launched_by)
+    logger.info(
+        "run %s: queued %s on %s by %s", run.id, run.playbook, run.target, launched_by
+    )
     return run
 
 
@@ -206,5 +232,7 @@ def cancel(run, *, requested_by):
         logger.info("run %s: RQ job %s not stopped: %s", run.id, run.job_id, exc)
     except RedisError:
         # The worker's monitor stops the playbook at its next heartbeat.
-        logger.exception("run %s: could not reach Redis to stop job %s", run.id, run.job_id)
+        logger.exception(
+            "run %s: could not reach Redis to stop job %s", run.id, run.job_id
+        )
     return True

@@ -42,7 +42,13 @@ def index():
         flash(str(exc), "danger")
         page = history.Page(rows=[], next_before=None)
     active = any(row.is_active for row in page.rows)
-    return render_template("runs/index.html", page=page, args=request.args, active=active, health=history.health)
+    return render_template(
+        "runs/index.html",
+        page=page,
+        args=request.args,
+        active=active,
+        health=history.health,
+    )
 
 
 @bp.get("/<int:run_id>")

@@ -1,6 +1,14 @@
 """Pages for people: dashboard, launch form, playbooks and targets."""
 
-from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 
 from . import dashboard, launch
 from .catalog import list_playbooks
@@ -30,10 +38,14 @@ def launch_form():
             )
         except launch.LaunchError as exc:
             flash(str(exc), "danger")
-            return render_template("views/launch.html", playbooks=playbooks, targets=targets, form=form), exc.status
+            return render_template(
+                "views/launch.html", playbooks=playbooks, targets=targets, form=form
+            ), exc.status
         flash(f"Run {run.id} queued: {run.playbook} on {run.target}.", "success")
         return redirect(url_for("runs.detail", run_id=run.id, launched=1))
-    return render_template("views/launch.html", playbooks=playbooks, targets=targets, form=form)
+    return render_template(
+        "views/launch.html", playbooks=playbooks, targets=targets, form=form
+    )
 
 
 @bp.get("/playbooks")
@@ -44,4 +56,6 @@ def playbooks():
 
 @bp.get("/targets")
 def targets():
-    return render_template("views/targets.html", targets=current_app.extensions["inventory"].targets())
+    return render_template(
+        "views/targets.html", targets=current_app.extensions["inventory"].targets()
+    )

@@ -58,7 +58,11 @@ class CallbackModule(CallbackBase):
                 if name in answered:
                     continue
                 prompt = entry.get("prompt") or name
-                self._stop("vars_prompt", prompt, f"play {play.get_name()!r} (vars_prompt {name!r})")
+                self._stop(
+                    "vars_prompt",
+                    prompt,
+                    f"play {play.get_name()!r} (vars_prompt {name!r})",
+                )
 
     def v2_playbook_on_task_start(self, task, is_conditional):
         action = getattr(task, "resolved_action", None) or task.action
