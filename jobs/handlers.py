@@ -17,6 +17,7 @@ from webapp.extensions import db
 from webapp.models import Deployment, RunStatus
 
 from . import output, process, state
+from .events import progress_from_artifacts
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +48,12 @@ def end_here(
         logger.warning("run %s: not found; nothing to end", run_id)
         return False
     hostname = current_app.config["HOSTNAME"]
+    progress = run.progress
     if run.hostname == hostname:
         process.kill_run(hostname, run_id, run.pid, run.pid_started)
         output.catch_up(run)
+        if run.artifact_dir:
+            progress = progress_from_artifacts(run.artifact_dir) or progress
     evidence = {
         "worker": run.worker_name,
         "host": run.hostname,
@@ -65,7 +69,7 @@ def end_here(
         decided_by=decided_by,
         reason_code=reason_code,
         evidence=evidence,
-        progress=run.progress,
+        progress=progress,
         explain=True,
     )
 

@@ -25,6 +25,7 @@ from webapp.extensions import db
 from webapp.models import Deployment, RunStatus
 
 from . import output, process, state
+from .events import Progress, stats_from_event
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +33,8 @@ JOBS_DIR = Path(__file__).resolve().parent
 # Started by ansible-runner in place of ansible-playbook; see the file itself.
 GUARD = JOBS_DIR / "bin" / "ansible-playbook"
 CALLBACK_DIR = JOBS_DIR / "ansible_plugins" / "callback"
-# Return code of ansible-playbook when the prompt guard stopped it.
-PROMPT_EXIT_CODE = 3
+# Seconds between writes of a run's play, task and host progress.
+PROGRESS_INTERVAL = 1.0
 
 
 def run_playbook(run_id, attempt):
@@ -54,6 +55,7 @@ def run_playbook(run_id, attempt):
         hostname=config["HOSTNAME"],
         horse_pid=me.pid,
         horse_started=me.create_time(),
+        artifact_dir=artifact_dir(config, run_id, attempt),
     ):
         return "skipped"
 
@@ -80,6 +82,13 @@ def run_playbook(run_id, attempt):
     return result
 
 
+def artifact_dir(config, run_id, attempt):
+    """Return the folder where ansible-runner writes an execution's stdout and events."""
+    return str(
+        Path(config["ARTIFACT_DIR"]) / f"{run_id}-{attempt}" / "artifacts" / "run"
+    )
+
+
 class Execution:
     """The ansible-runner call of one attempt, with its monitor thread."""
 
@@ -94,6 +103,7 @@ class Execution:
         self.hostname = config["HOSTNAME"]
         self.private_dir = Path(config["ARTIFACT_DIR"]) / f"{run.id}-{attempt}"
         self.artifact_dir = self.private_dir / "artifacts"
+        # ansible-runner writes into artifact_dir/<ident>; ident is "run".
         self.prompt_file = self.private_dir / "prompt.json"
         self.progress = Progress()
         self.monitor = Monitor(self)
@@ -140,7 +150,7 @@ class Execution:
 
     @property
     def run_artifact_dir(self):
-        return str(self.artifact_dir / "run")
+        return artifact_dir(self.config, self.run_id, self.attempt)
 
     def run(self):
         self.private_dir.mkdir(parents=True, exist_ok=True)
@@ -239,7 +249,6 @@ class Execution:
                 pid=child.pid,
                 pgid=pgid,
                 pid_started=started,
-                artifact_dir=self.run_artifact_dir,
             )
             return
 
@@ -266,6 +275,7 @@ class Monitor(threading.Thread):
         interval = execution.config["OUTPUT_FLUSH_INTERVAL"]
         beat_every = execution.config["HEARTBEAT_INTERVAL"]
         next_beat = 0.0
+        next_progress = 0.0
         while True:
             stopping = self.stopping.wait(interval)
             try:
@@ -275,8 +285,12 @@ class Monitor(threading.Thread):
                 )
                 if stopping:
                     return
-                if time.monotonic() >= next_beat:
-                    next_beat = time.monotonic() + beat_every
+                now = time.monotonic()
+                # Progress goes out with a heartbeat, at most once a second.
+                changed = execution.progress.changed() and now >= next_progress
+                if now >= next_beat or changed:
+                    next_beat = now + beat_every
+                    next_progress = now + PROGRESS_INTERVAL
                     self.beat()
             except Exception:
                 # A database hiccup must not kill the monitor: retry next tick.
@@ -307,98 +321,8 @@ class Monitor(threading.Thread):
             self.join(timeout=30)
 
 
-class Progress:
-    """Play, task and per-host progress built from ansible-runner's events."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.play = None
-        self.task = None
-        self.tasks_started = 0
-        self.hosts = {}
-        self.host_last_task = {}
-        self.stats = None
-        self.version = 0
-        self.reported = -1
-
-    def on_event(self, event):
-        kind = event.get("event")
-        data = event.get("event_data") or {}
-        with self.lock:
-            if kind == "playbook_on_play_start":
-                self.play = data.get("play")
-            elif kind == "playbook_on_task_start":
-                self.task = data.get("task")
-                self.tasks_started += 1
-            elif kind in HOST_RESULTS:
-                host = data.get("host")
-                if host:
-                    self.hosts.setdefault(
-                        host,
-                        {
-                            "ok": 0,
-                            "changed": 0,
-                            "failed": 0,
-                            "unreachable": 0,
-                            "skipped": 0,
-                        },
-                    )
-                    self.hosts[host][HOST_RESULTS[kind]] += 1
-                    if kind == "runner_on_ok" and (data.get("res") or {}).get(
-                        "changed"
-                    ):
-                        self.hosts[host]["changed"] += 1
-                    self.host_last_task[host] = data.get("task")
-            elif kind == "runner_on_start":
-                host = data.get("host")
-                if host:
-                    self.host_last_task[host] = data.get("task")
-            elif kind == "playbook_on_stats":
-                self.stats = _stats_from_event(data)
-            else:
-                return True
-            self.version += 1
-        return True  # keep ansible-runner's job_events files
-
-    def snapshot(self):
-        with self.lock:
-            return {
-                "play": self.play,
-                "task": self.task,
-                "tasks_started": self.tasks_started,
-                "hosts": {h: dict(c) for h, c in self.hosts.items()},
-                "host_last_task": dict(self.host_last_task),
-            }
-
-    def snapshot_if_changed(self):
-        with self.lock:
-            if self.version == self.reported:
-                return None
-            self.reported = self.version
-        return self.snapshot()
-
-
-HOST_RESULTS = {
-    "runner_on_ok": "ok",
-    "runner_on_failed": "failed",
-    "runner_on_unreachable": "unreachable",
-    "runner_on_skipped": "skipped",
-}
-STAT_KEYS = ("ok", "changed", "failures", "dark", "skipped", "rescued", "ignored")
-
-
-def _stats_from_event(data):
-    hosts = set()
-    for key in STAT_KEYS:
-        hosts.update((data.get(key) or {}).keys())
-    return {
-        host: {key: (data.get(key) or {}).get(host, 0) for key in STAT_KEYS}
-        for host in sorted(hosts)
-    }
-
-
 def _stats_from_runner(runner):
     try:
-        return _stats_from_event(runner.stats or {})
+        return stats_from_event(runner.stats or {})
     except Exception:
         return {}

@@ -33,7 +33,9 @@ logger = logging.getLogger(__name__)
 ACTIVE = [s.value for s in ACTIVE_STATUSES]
 
 
-def mark_running(run_id, attempt, *, worker_name, hostname, horse_pid, horse_started):
+def mark_running(
+    run_id, attempt, *, worker_name, hostname, horse_pid, horse_started, artifact_dir
+):
     """Move a queued run to running for execution ``attempt``.
 
     Returns False, changing nothing, when the run was canceled or another
@@ -54,6 +56,7 @@ def mark_running(run_id, attempt, *, worker_name, hostname, horse_pid, horse_sta
             hostname=hostname,
             horse_pid=horse_pid,
             horse_started=horse_started,
+            artifact_dir=artifact_dir,
         )
     )
     db.session.commit()
@@ -70,12 +73,12 @@ def mark_running(run_id, attempt, *, worker_name, hostname, horse_pid, horse_sta
     return True
 
 
-def record_process(run_id, attempt, *, pid, pgid, pid_started, artifact_dir):
+def record_process(run_id, attempt, *, pid, pgid, pid_started):
     """Store the ansible-playbook process of a running execution."""
     db.session.execute(
         update(Deployment)
         .where(Deployment.id == run_id, Deployment.attempt == attempt)
-        .values(pid=pid, pgid=pgid, pid_started=pid_started, artifact_dir=artifact_dir)
+        .values(pid=pid, pgid=pgid, pid_started=pid_started)
     )
     db.session.commit()
 
