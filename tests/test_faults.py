@@ -6,13 +6,19 @@ with a margin, that no process of the run survives and that output printed
 before the fault is kept.
 """
 
+import json
+import os
 import signal
+import subprocess
+import sys
 import time
+import urllib.request
 
 import psutil
 import pytest
-
 from conftest import (
+    ROOT,
+    free_port,
     get_run,
     launch,
     run_processes,
@@ -413,14 +419,79 @@ def test_output_reader_keeps_characters_split_across_reads(
     assert text == "abcdefg\u00e9\u20ac done"
 
 
-def test_web_restart_does_not_affect_run(client, processes, shepherd_env):
-    """Runs never live in the web process: a new app sees the same run through."""
-    from webapp import create_app
+def start_web(shepherd_env, port, tmp_path, name):
+    env = {**os.environ, **shepherd_env, "SHEPHERD_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": "1"}
+    log = open(tmp_path / f"{name}.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "webapp:create_app()"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    wait_for(lambda: _http_ok(f"http://127.0.0.1:{port}/api/playbooks"), 30, message="gunicorn to serve")
+    return proc
 
+
+def _http_ok(url):
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _http_json(url, body=None):
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_web_restart_does_not_affect_run(client, processes, shepherd_env, tmp_path):
+    """Runs never live in the web process: killing gunicorn mid-run changes nothing."""
     processes.worker()
-    run = start_sleep_run(client, seconds=3)
+    port = free_port()
+    web = start_web(shepherd_env, port, tmp_path, "web-1")
+    run = _http_json(f"http://127.0.0.1:{port}/api/deployments", {"playbook": "sleep.yml", "target": "localhost", "extra_vars": {"seconds": 4}})
+    wait_output(client, run["id"], "before the sleep", timeout=60)
 
-    fresh = create_app({"TESTING": True}).test_client()
-    done = wait_status(fresh, run["id"], TERMINAL, timeout=60)
+    for child in psutil.Process(web.pid).children(recursive=True):
+        child.kill()
+    web.kill()
+    web.wait(10)
+    assert get_run(client, run["id"])["status"] == "running"
+    web = start_web(shepherd_env, port, tmp_path, "web-2")
+
+    try:
+        done = wait_for(
+            lambda: (r := _http_json(f"http://127.0.0.1:{port}/api/deployments/{run['id']}"))["status"] in TERMINAL and r,
+            60,
+            message="the run to end",
+        )
+    finally:
+        web.terminate()
+        web.wait(10)
+    assert done["status"] == "successful"
+
+
+def test_worker_killed_alone_run_finishes_truly(client, processes, shepherd_env):
+    """RQ marks the job failed when the worker dies, but the horse lives on."""
+    worker = processes.worker()
+    processes.scheduler(env={"SWEEP_INTERVAL": "1"})
+    run = start_sleep_run(client, seconds=6)
+
+    horse = worker.horse_pid()
+    worker.send(signal.SIGKILL)
+    done = wait_status(client, run["id"], TERMINAL, timeout=60)
 
     assert done["status"] == "successful"
+    assert done["reason"] is None
+    wait_for(lambda: not _alive(horse), 10, message="the orphaned horse to exit")
+
+
+def _alive(pid):
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -4,6 +4,7 @@ from datetime import timedelta
 
 import click
 from flask import current_app
+from flask.cli import with_appcontext
 from sqlalchemy import select
 
 from .extensions import db
@@ -25,6 +26,7 @@ def register(app):
     show_default=True,
     help="End runs that have been running or queued for longer than this many hours.",
 )
+@with_appcontext
 def cleanup_stuck_deployments_command(dry_run, timeout_hours):
     """End runs stuck in running or queued for longer than --timeout-hours.
 
