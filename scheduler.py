@@ -56,6 +56,11 @@ def main():
     wait_for_redis(connection, config["REDIS_URL"])
     app.app_context().push()
 
+    # Start-up reconciliation: one sweep before anything else.
+    counts = sweep(connection, get_queue(config, connection))
+    logger.info("scheduler: start-up sweep on host %s: %s", config["HOSTNAME"], counts)
+    db.session.remove()
+
     interval = min(1.0, config["SWEEP_INTERVAL"])
     scheduler = SweepingScheduler(
         queue_name=config["QUEUE_NAME"],

@@ -14,6 +14,7 @@ from datetime import timedelta
 from flask import current_app
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
 from sqlalchemy import select
 
 from webapp.extensions import db
@@ -24,6 +25,9 @@ from . import handlers, process, queueing, state
 logger = logging.getLogger(__name__)
 
 LAST_SWEEP_KEY = "shepherd:sweep:last"
+# Seconds after a run ended before its RQ job may be moved out of the
+# started registry by a sweep.
+REGISTRY_SETTLE = 10
 RQ_ENDED = {JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED, JobStatus.FINISHED}
 
 
@@ -40,6 +44,7 @@ def sweep(connection, queue):
         "dead_horse": reap_host(config["HOSTNAME"])["dead_horse"],
         "rq_ended": reconcile_running(connection, config),
         "lost_queued": repair_queued(connection, queue, config),
+        "rq_registry": reconcile_registries(connection, queue),
     }
     counts["orphans_killed"] = reap_host(config["HOSTNAME"], finalize=False)[
         "orphans_killed"
@@ -130,6 +135,51 @@ def reconcile_running(connection, config):
             },
         )
     return ended
+
+
+def reconcile_registries(connection, queue):
+    """Fail RQ jobs still listed as started well after their run ended.
+
+    A job's own worker moves it out of the started registry within moments
+    of the run ending. One still there REGISTRY_SETTLE seconds later lost
+    its worker, which RQ itself notices only a minute or more later; until
+    then ``rq info`` would show it as running.
+    """
+    registry = StartedJobRegistry(queue=queue)
+    entries = registry.get_job_and_execution_ids(cleanup=False)
+    if not entries:
+        return 0
+    runs = {
+        run.job_id: run
+        for run in db.session.scalars(
+            select(Deployment).where(
+                Deployment.job_id.in_({job_id for job_id, _ in entries})
+            )
+        )
+    }
+    settled = database_time() - timedelta(seconds=REGISTRY_SETTLE)
+    repaired = 0
+    for job_id, execution_id in entries:
+        run = runs.get(job_id)
+        if run is None or run.is_active or run.finished_at > settled:
+            continue
+        connection.zrem(registry.key, f"{job_id}:{execution_id}")
+        try:
+            job = Job.fetch(job_id, connection=connection)
+        except NoSuchJobError:
+            continue
+        job.set_status(JobStatus.FAILED)
+        queue.failed_job_registry.add(
+            job, exc_string=f"run {run.id} ended {run.status}: {run.reason}"
+        )
+        repaired += 1
+        logger.warning(
+            "run %s: RQ job %s listed as started after the run ended %s; moved to failed",
+            run.id,
+            job_id,
+            run.status,
+        )
+    return repaired
 
 
 def _end(run, reason, code, evidence):

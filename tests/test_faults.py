@@ -420,16 +420,32 @@ def test_output_reader_keeps_characters_split_across_reads(
 
 
 def start_web(shepherd_env, port, tmp_path, name):
-    env = {**os.environ, **shepherd_env, "SHEPHERD_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": "1"}
+    env = {
+        **os.environ,
+        **shepherd_env,
+        "SHEPHERD_BIND": f"127.0.0.1:{port}",
+        "WEB_CONCURRENCY": "1",
+    }
     log = open(tmp_path / f"{name}.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "webapp:create_app()"],
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--config",
+            "gunicorn.conf.py",
+            "webapp:create_app()",
+        ],
         cwd=ROOT,
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    wait_for(lambda: _http_ok(f"http://127.0.0.1:{port}/api/playbooks"), 30, message="gunicorn to serve")
+    wait_for(
+        lambda: _http_ok(f"http://127.0.0.1:{port}/api/playbooks"),
+        30,
+        message="gunicorn to serve",
+    )
     return proc
 
 
@@ -443,7 +459,9 @@ def _http_ok(url):
 
 def _http_json(url, body=None):
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=data, headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
 
@@ -453,7 +471,10 @@ def test_web_restart_does_not_affect_run(client, processes, shepherd_env, tmp_pa
     processes.worker()
     port = free_port()
     web = start_web(shepherd_env, port, tmp_path, "web-1")
-    run = _http_json(f"http://127.0.0.1:{port}/api/deployments", {"playbook": "sleep.yml", "target": "localhost", "extra_vars": {"seconds": 4}})
+    run = _http_json(
+        f"http://127.0.0.1:{port}/api/deployments",
+        {"playbook": "sleep.yml", "target": "localhost", "extra_vars": {"seconds": 4}},
+    )
     wait_output(client, run["id"], "before the sleep", timeout=60)
 
     for child in psutil.Process(web.pid).children(recursive=True):
@@ -465,7 +486,11 @@ def test_web_restart_does_not_affect_run(client, processes, shepherd_env, tmp_pa
 
     try:
         done = wait_for(
-            lambda: (r := _http_json(f"http://127.0.0.1:{port}/api/deployments/{run['id']}"))["status"] in TERMINAL and r,
+            lambda: (
+                r := _http_json(f"http://127.0.0.1:{port}/api/deployments/{run['id']}")
+            )["status"]
+            in TERMINAL
+            and r,
             60,
             message="the run to end",
         )
@@ -495,3 +520,28 @@ def _alive(pid):
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_rq_registry_repaired_after_worker_death(
+    client, processes, shepherd_env, redis_client, app
+):
+    from rq.registry import StartedJobRegistry
+
+    from webapp.redis_conn import get_queue
+
+    worker = processes.worker()
+    processes.scheduler()
+    run = start_sleep_run(client)
+    horse = worker.horse_pid()
+    worker.send(signal.SIGKILL)
+    psutil.Process(horse).kill()
+    wait_status(client, run["id"], TERMINAL, timeout=30)
+
+    queue = get_queue(app.config, redis_client)
+    wait_for(
+        lambda: run["job_id"]
+        not in StartedJobRegistry(queue=queue).get_job_ids(cleanup=False),
+        15,
+        message="the RQ job to leave the started registry",
+    )
+    assert run["job_id"] in queue.failed_job_registry.get_job_ids(cleanup=False)

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import free_port, launch, wait_for, wait_status, write_inventory
 
 SSHD = "/usr/sbin/sshd"
@@ -18,14 +17,18 @@ TERMINAL = {"successful", "failed", "timeout", "canceled", "abandoned"}
 
 
 def keygen(path):
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True
+    )
 
 
 @pytest.fixture
 def sshd(tmp_path):
     """Start sshd on 127.0.0.1 with generated host and client keys."""
     if not os.path.exists(SSHD) or not shutil.which("ssh"):
-        pytest.fail("sshd or ssh is missing: run .ci/system-packages (installs openssh-server)")
+        pytest.fail(
+            "sshd or ssh is missing: run .ci/system-packages (installs openssh-server)"
+        )
     folder = tmp_path / "sshd"
     folder.mkdir()
     keygen(folder / "host_key")
@@ -47,8 +50,12 @@ def sshd(tmp_path):
         "UsePAM no\n"
     )
     Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation folder
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE)
-    wait_for(lambda: _accepts(port) or proc.poll() is not None, 10, message="sshd to listen")
+    proc = subprocess.Popen(
+        [SSHD, "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE
+    )
+    wait_for(
+        lambda: _accepts(port) or proc.poll() is not None, 10, message="sshd to listen"
+    )
     assert proc.poll() is None, proc.stderr.read().decode()
     yield {"port": port, "key": str(folder / "client_key")}
     proc.terminate()
@@ -118,11 +125,15 @@ def test_ping_over_real_ssh(app, client, processes, shepherd_env, sshd):
     run = launch(client, "ssh_ping.yml", "sshbox")
     done = wait_status(client, run["id"], TERMINAL, timeout=90)
 
-    assert done["status"] == "successful", client.get(f"/api/deployments/{run['id']}/output").get_data(as_text=True)
+    assert done["status"] == "successful", client.get(
+        f"/api/deployments/{run['id']}/output"
+    ).get_data(as_text=True)
     assert done["stats"]["sshbox"]["ok"] == 1
 
 
-def test_silent_ssh_host_ends_unreachable_before_timeout(app, client, processes, shepherd_env, silent_listener):
+def test_silent_ssh_host_ends_unreachable_before_timeout(
+    app, client, processes, shepherd_env, silent_listener
+):
     use_inventory(
         app,
         shepherd_env,

@@ -3,6 +3,7 @@
 from datetime import timedelta
 
 from conftest import launch
+
 from jobs import state, sweep
 from webapp import history
 from webapp.extensions import db
@@ -11,7 +12,9 @@ from webapp.redis_conn import get_queue
 
 
 def make_run(status="running", **fields):
-    run = Deployment(playbook="ping.yml", target="localhost", timeout=60, status=status, **fields)
+    run = Deployment(
+        playbook="ping.yml", target="localhost", timeout=60, status=status, **fields
+    )
     db.session.add(run)
     db.session.commit()
     return run
@@ -21,8 +24,12 @@ def test_first_terminal_status_wins(app):
     with app.app_context():
         run = make_run(attempt=1)
 
-        assert state.finish(run.id, RunStatus.ABANDONED, "worker gone", decided_by="sweep")
-        assert not state.finish(run.id, RunStatus.SUCCESSFUL, attempt=1, decided_by="worker")
+        assert state.finish(
+            run.id, RunStatus.ABANDONED, "worker gone", decided_by="sweep"
+        )
+        assert not state.finish(
+            run.id, RunStatus.SUCCESSFUL, attempt=1, decided_by="worker"
+        )
         assert not state.finish(run.id, RunStatus.FAILED, "late", decided_by="worker")
 
         db.session.refresh(run)
@@ -35,9 +42,13 @@ def test_superseded_attempt_cannot_write(app):
         run = make_run(attempt=2)
 
         assert not state.heartbeat(run.id, 1)
-        assert not state.finish(run.id, RunStatus.SUCCESSFUL, attempt=1, decided_by="worker")
+        assert not state.finish(
+            run.id, RunStatus.SUCCESSFUL, attempt=1, decided_by="worker"
+        )
         assert state.heartbeat(run.id, 2)
-        assert state.finish(run.id, RunStatus.SUCCESSFUL, attempt=2, decided_by="worker")
+        assert state.finish(
+            run.id, RunStatus.SUCCESSFUL, attempt=2, decided_by="worker"
+        )
 
 
 def test_explanation_appended_once(app):
@@ -45,9 +56,14 @@ def test_explanation_appended_once(app):
         run = make_run()
 
         for _ in range(3):
-            state.finish(run.id, RunStatus.ABANDONED, "gone", decided_by="sweep", explain=True)
+            state.finish(
+                run.id, RunStatus.ABANDONED, "gone", decided_by="sweep", explain=True
+            )
 
-        texts = [c.text for c in db.session.query(OutputChunk).filter_by(deployment_id=run.id)]
+        texts = [
+            c.text
+            for c in db.session.query(OutputChunk).filter_by(deployment_id=run.id)
+        ]
         assert texts == ["\n[shepherd] abandoned: gone\n"]
 
 
@@ -65,7 +81,11 @@ def test_non_successful_ending_needs_reason(app):
 def test_stale_heartbeat_sweep_rule(app, redis_client):
     with app.app_context():
         now = database_time()
-        stale = make_run(heartbeat_at=now - timedelta(seconds=60), worker_name="w", hostname="elsewhere")
+        stale = make_run(
+            heartbeat_at=now - timedelta(seconds=60),
+            worker_name="w",
+            hostname="elsewhere",
+        )
         fresh = make_run(heartbeat_at=now, worker_name="w", hostname="elsewhere")
 
         assert sweep.end_stale_heartbeats(redis_client, app.config) == 1
@@ -108,9 +128,19 @@ def test_young_queued_run_left_alone(app, redis_client):
 def test_health_flags_stuck_and_stalled(app):
     with app.app_context():
         now = utcnow()
-        long_running = make_run(started_at=now - timedelta(hours=5.2), heartbeat_at=now, last_output_at=now)
-        silent = make_run(started_at=now - timedelta(minutes=20), heartbeat_at=now, last_output_at=now - timedelta(minutes=15))
-        dead = make_run(started_at=now - timedelta(minutes=1), heartbeat_at=now - timedelta(minutes=1), last_output_at=now)
+        long_running = make_run(
+            started_at=now - timedelta(hours=5.2), heartbeat_at=now, last_output_at=now
+        )
+        silent = make_run(
+            started_at=now - timedelta(minutes=20),
+            heartbeat_at=now,
+            last_output_at=now - timedelta(minutes=15),
+        )
+        dead = make_run(
+            started_at=now - timedelta(minutes=1),
+            heartbeat_at=now - timedelta(minutes=1),
+            last_output_at=now,
+        )
 
         assert history.health(long_running, now)["stuck"]
         assert history.health(long_running, now)["note"] == "running for 5.2 h"
@@ -123,11 +153,15 @@ def test_health_flags_stuck_and_stalled(app):
 def test_cleanup_command_dry_run_and_real(app, runner, client):
     with app.app_context():
         old = utcnow() - timedelta(hours=8)
-        stuck = make_run(started_at=old, heartbeat_at=old, trigger="schedule:3", hostname="elsewhere")
+        stuck = make_run(
+            started_at=old, heartbeat_at=old, trigger="schedule:3", hostname="elsewhere"
+        )
         recent = make_run(started_at=utcnow(), heartbeat_at=utcnow())
         stuck_id, recent_id = stuck.id, recent.id
 
-    dry = runner.invoke(args=["cleanup-stuck-deployments", "--dry-run", "--timeout-hours", "6"])
+    dry = runner.invoke(
+        args=["cleanup-stuck-deployments", "--dry-run", "--timeout-hours", "6"]
+    )
     assert dry.exit_code == 0, dry.output
     assert "Cutoff:" in dry.output
     assert "Current time:" in dry.output
@@ -142,7 +176,9 @@ def test_cleanup_command_dry_run_and_real(app, runner, client):
     ended = client.get(f"/api/deployments/{stuck_id}").get_json()
     assert ended["status"] == "abandoned"
     assert "cleanup-stuck-deployments" in ended["reason"]
-    assert "[shepherd] abandoned" in client.get(f"/api/deployments/{stuck_id}/output").get_data(as_text=True)
+    assert "[shepherd] abandoned" in client.get(
+        f"/api/deployments/{stuck_id}/output"
+    ).get_data(as_text=True)
     assert client.get(f"/api/deployments/{recent_id}").get_json()["status"] == "running"
 
 
@@ -156,7 +192,9 @@ def test_cleanup_command_rejects_bad_hours(runner, app):
 def test_launch_then_cancel_appends_reason(client, app):
     run = launch(client)
 
-    client.post(f"/api/deployments/{run['id']}/cancel", headers={"X-Shepherd-User": "bob"})
+    client.post(
+        f"/api/deployments/{run['id']}/cancel", headers={"X-Shepherd-User": "bob"}
+    )
 
     output = client.get(f"/api/deployments/{run['id']}/output").get_data(as_text=True)
     assert "canceled by bob" in output

@@ -24,16 +24,26 @@ def reconcile(app):
         counts = dict(
             db.session.execute(
                 select(Deployment.status, func.count())
-                .where(Deployment.status.in_([RunStatus.QUEUED.value, RunStatus.RUNNING.value]))
+                .where(
+                    Deployment.status.in_(
+                        [RunStatus.QUEUED.value, RunStatus.RUNNING.value]
+                    )
+                )
                 .group_by(Deployment.status)
             ).all()
         )
-        logger.info("web: start-up check: %s queued, %s running", counts.get("queued", 0), counts.get("running", 0))
+        logger.info(
+            "web: start-up check: %s queued, %s running",
+            counts.get("queued", 0),
+            counts.get("running", 0),
+        )
         try:
             ended = end_stale_heartbeats(connect(app.config["REDIS_URL"]), app.config)
         except RedisError as exc:
             logger.warning("web: start-up check could not reach Redis: %s", exc)
             return
         if ended:
-            logger.warning("web: start-up check ended %d run(s) with a stale heartbeat", ended)
+            logger.warning(
+                "web: start-up check ended %d run(s) with a stale heartbeat", ended
+            )
         db.session.remove()
