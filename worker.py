@@ -96,6 +96,7 @@ def main():
     worker.work(
         burst=args.burst, logging_level=logging.getLevelName(logging.getLogger().level)
     )
+    logger.info("worker: %s stopped", worker.name)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""What the worker does when a run's job ends badly: RQ callbacks and death handlers.
+"""Handlers for runs whose job ends badly: RQ callbacks and worker death handlers.
 
 These run in the worker process (or, for ``on_failure``, in the work horse)
 on the host that ran the job, so they may signal the run's processes and
@@ -81,12 +81,12 @@ def on_horse_killed(worker, job, retpid, ret_val):
         return
     run_id, attempt = run
     if ret_val is not None and os.WIFSIGNALED(ret_val):
-        how = f"was killed by {signal_name(os.WTERMSIG(ret_val))}"
+        ending = f"was killed by {signal_name(os.WTERMSIG(ret_val))}"
     else:
-        how = f"exited with status {ret_val} before finishing the run"
+        ending = f"exited with status {ret_val} before finishing the run"
     reason = (
         f"the work horse (pid {retpid}) of worker {worker.name} on host "
-        f"{current_app.config['HOSTNAME']} {how}"
+        f"{current_app.config['HOSTNAME']} {ending}"
     )
     end_here(
         run_id,

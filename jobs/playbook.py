@@ -158,7 +158,7 @@ class Execution:
         runner = ansible_runner.run(**self.runner_options())
         self.monitor.stop()
         if self.lost_ownership.is_set():
-            # Canceled or finalized by someone else: their status stands.
+            # Canceled or finalized by someone else, whose status is kept.
             # ansible-runner killed only ansible-playbook's process group.
             process.kill_run(self.hostname, self.run_id, attempt=self.attempt)
             return "superseded"

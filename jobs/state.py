@@ -86,8 +86,8 @@ def record_process(run_id, attempt, *, pid, pgid, pid_started):
 def heartbeat(run_id, attempt, progress=None):
     """Write the heartbeat of a running execution on the database clock.
 
-    Returns False when the execution no longer owns a running run, which
-    tells the caller to stop its playbook.
+    Returns False when the execution no longer owns a running run, so the
+    caller stops its playbook.
     """
     values = {"heartbeat_at": db_now()}
     if progress is not None:

@@ -141,9 +141,9 @@ def reconcile_registries(connection, queue):
     """Fail RQ jobs still listed as started well after their run ended.
 
     A job's own worker moves it out of the started registry within moments
-    of the run ending. One still there REGISTRY_SETTLE seconds later lost
-    its worker, which RQ itself notices only a minute or more later; until
-    then ``rq info`` would show it as running.
+    of the run ending. A job still there REGISTRY_SETTLE seconds later has
+    lost its worker. RQ notices that only a minute or more later, and until
+    then ``rq info`` would show the job as running.
     """
     registry = StartedJobRegistry(queue=queue)
     entries = registry.get_job_and_execution_ids(cleanup=False)

@@ -207,7 +207,10 @@ def test_warm_shutdown_lets_run_finish(client, processes):
     done = wait_status(client, run["id"], TERMINAL, timeout=60)
 
     assert done["status"] == "successful"
-    wait_for(lambda: not worker.alive(), 20, message="the worker to exit after its run")
+    try:
+        wait_for(lambda: not worker.alive(), 40, message="the worker to exit after its run")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; worker output:\n{worker.output()[-3000:]}") from None
 
 
 def test_cold_shutdown_ends_abandoned(client, processes, shepherd_env):

@@ -1,6 +1,6 @@
 """SQL models: the run history is the record of every deployment.
 
-Redis holds live job detail that expires; these rows are kept for good.
+Redis contains live job detail that expires; these rows are kept for good.
 Times are stored as naive UTC and read back as aware UTC datetimes.
 """
 
