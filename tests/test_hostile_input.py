@@ -352,7 +352,9 @@ def test_runner_command_is_argument_list(app, operator, redis_client):
     with app.app_context():
         row = db.session.get(Deployment, run["id"])
         execution = Execution(row, 1, app.config)
-        job = type("Job", (), {"connection": redis.Redis.from_url(app.config["REDIS_URL"])})
+        job = type(
+            "Job", (), {"connection": redis.Redis.from_url(app.config["REDIS_URL"])}
+        )
         assert execution.add_secret_values(job)
         execution.private_dir.mkdir(parents=True)
         execution.write_extravars()
