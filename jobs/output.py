@@ -85,11 +85,11 @@ def _trim_partial_character(data):
 
 
 def catch_up(run):
-    """Copy whatever the stdout file of ``run`` holds beyond what SQL has.
+    """Copy the part of the stdout file of ``run`` that SQL does not have yet.
 
-    For a run with secret extra vars the values are read from Redis to mask
-    them, then deleted, as the run is ending; when they are gone the rest of
-    the output is not copied.
+    For a run with secret extra vars, the values are read from Redis to mask
+    the text and then deleted, because the run is ending. When they are
+    already gone, the rest of the output is not copied.
     """
     if not run.artifact_dir:
         return

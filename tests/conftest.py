@@ -200,9 +200,9 @@ def app(shepherd_env):
 
 
 # Signed-in clients. ``client`` acts as an admin through an API token, so
-# existing tests need no sign-in and skip CSRF like any token client;
-# ``anon_client`` has no credentials; ``client_as(role)`` acts as a user of
-# that role. Sign-in through the form is tested in test_auth.py.
+# tests need no sign-in and, like any token client, no CSRF token.
+# ``anon_client`` has no credentials. ``client_as(role)`` acts as a user of
+# that role. test_auth.py tests sign-in through the form.
 
 TEST_PASSWORD = "correct horse battery staple"
 

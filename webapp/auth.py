@@ -191,8 +191,8 @@ def authenticated_by_token():
     return getattr(g, "auth_method", None) == "token"
 
 
-# Sign-in limits. Failures are read from the audit log in SQL, so every
-# gunicorn worker sees the same counts.
+# Sign-in limits. Failures are counted in the audit log in SQL, so every
+# gunicorn worker reads the same counts.
 
 
 def login_blocked(name, address):

@@ -1,4 +1,4 @@
-"""Who may call which route: one policy table checked before every request.
+"""Access control: one policy table checked before every request.
 
 Each endpoint maps to an action and each action to the lowest role allowed
 to take it. An endpoint missing from ``POLICY`` is open to admins only, so
@@ -101,12 +101,13 @@ def check_request():
     """Authenticate the request, apply the policy table and check CSRF.
 
     Runs before every request. Requests authenticated by a bearer token
-    carry no cookie and so skip the CSRF check; every other POST, including
-    the sign-in form, must send the form's CSRF token.
+    skip the CSRF check, because a browser never adds that header to a
+    cross-site request by itself. Every other POST, the sign-in form
+    included, must send the CSRF token.
     """
     endpoint = request.endpoint
     if endpoint is None:
-        return None  # no such route: Flask answers 404 or 405
+        return None  # no such route: Flask returns 404 or 405
     action = action_for(endpoint)
     if action == PUBLIC:
         csrf.protect()

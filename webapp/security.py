@@ -1,10 +1,11 @@
 """Browser-facing hardening: cookie flags, security headers and error pages.
 
 Error responses never contain a traceback: pages get a short HTML page,
-paths under /api get ``{"error": ..., "message": ...}``. An unhandled
-exception is logged by Flask and answered as a plain 500.
+paths under /api get ``{"error": ..., "message": ...}``. Flask logs an
+unhandled exception, and the client gets a generic 500 error.
 """
 
+import json
 from datetime import timedelta
 
 from flask import jsonify, render_template, request
@@ -64,7 +65,16 @@ def handle_http_error(exc):
     return render_template("error.html", error=exc), exc.code
 
 
+def json_text(value):
+    """Return ``value`` as JSON text for HTML, where autoescaping then escapes it.
+
+    Jinja's ``tojson`` is meant for scripts and shows ``<`` as ``\\u003c``.
+    """
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
 def init_app(app):
+    app.jinja_env.filters["json_text"] = json_text
     app.config["SESSION_COOKIE_HTTPONLY"] = True
     app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
     app.config["PERMANENT_SESSION_LIFETIME"] = timedelta(
