@@ -144,3 +144,49 @@ def test_tokens_errors_name_the_value(runner):
     assert "User 'ghost' not found" in created.output
     assert revoked.exit_code == 1
     assert "Token 42 not found" in revoked.output
+
+
+def test_users_set_role_disable_enable(app, runner, anon_client):
+    runner.invoke(
+        args=["users", "create", "dave", "--password-stdin"], input=PASSWORD + "\n"
+    )
+    token = runner.invoke(args=["tokens", "create", "dave"]).stdout.strip()
+    headers = {"Authorization": f"Bearer {token}"}
+
+    promoted = runner.invoke(args=["users", "set-role", "dave", "operator"])
+    launched = anon_client.post(
+        "/api/deployments",
+        json={"playbook": "ping.yml", "target": "localhost"},
+        headers=headers,
+    )
+    disabled = runner.invoke(args=["users", "disable", "dave"])
+    blocked = anon_client.get("/api/deployments", headers=headers)
+    enabled = runner.invoke(args=["users", "enable", "dave"])
+
+    assert promoted.exit_code == 0
+    assert "now has role operator (was viewer)" in promoted.output
+    assert launched.status_code == 201
+    assert disabled.exit_code == 0
+    assert blocked.status_code == 401
+    assert enabled.exit_code == 0
+    assert anon_client.get("/api/deployments", headers=headers).status_code == 200
+
+
+def test_users_set_password(app, runner):
+    runner.invoke(
+        args=["users", "create", "erin", "--password-stdin"], input=PASSWORD + "\n"
+    )
+
+    result = runner.invoke(
+        args=["users", "set-password", "erin", "--password-stdin"],
+        input="another long password\n",
+    )
+    missing = runner.invoke(args=["users", "set-role", "nobody", "admin"])
+
+    assert result.exit_code == 0
+    with app.app_context():
+        user = auth.find_user("erin")
+        assert auth.check_password(user, "another long password")
+        assert not auth.check_password(user, PASSWORD)
+    assert missing.exit_code == 1
+    assert "User 'nobody' not found" in missing.output

@@ -41,12 +41,7 @@ users_command = AppGroup("users", help="Create and list the people who may sign 
 )
 def create_user_command(name, role, password_stdin):
     """Create user NAME with a password."""
-    if password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    else:
-        password = click.prompt(
-            f"Password for {name}", hide_input=True, confirmation_prompt=True
-        )
+    password = _read_password(name, password_stdin)
     try:
         auth.validate_password(password)
         user = auth.create_user(name, role, password)
@@ -54,6 +49,74 @@ def create_user_command(name, role, password_stdin):
         _fail(exc)
     audit.record("user.create", user.name, {"role": user.role}, actor="cli")
     click.echo(f"Created user {user.name} with role {user.role}.")
+
+
+def _read_password(name, from_stdin):
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    return click.prompt(
+        f"Password for {name}", hide_input=True, confirmation_prompt=True
+    )
+
+
+def _existing_user(name):
+    user = auth.find_user(name)
+    if user is None:
+        raise click.ClickException(
+            f"User {name!r} not found. 'flask --app webapp users list' shows users."
+        )
+    return user
+
+
+@users_command.command("set-role")
+@click.argument("name")
+@click.argument("role", type=click.Choice([r.value for r in Role]))
+def set_role_command(name, role):
+    """Give user NAME the role ROLE; their tokens act with the new role."""
+    user = _existing_user(name)
+    before = user.role
+    user.role = role
+    db.session.commit()
+    audit.record("user.set_role", name, {"before": before, "after": role}, actor="cli")
+    click.echo(f"User {name} now has role {role} (was {before}).")
+
+
+@users_command.command("set-password")
+@click.argument("name")
+@click.option(
+    "--password-stdin",
+    is_flag=True,
+    help="Read the password from the first line of standard input instead of a prompt.",
+)
+def set_password_command(name, password_stdin):
+    """Set a new password for user NAME."""
+    user = _existing_user(name)
+    try:
+        auth.set_password(user, _read_password(name, password_stdin))
+    except auth.AccountError as exc:
+        _fail(exc)
+    audit.record("user.set_password", name, actor="cli")
+    click.echo(f"Password of {name} changed.")
+
+
+@users_command.command("disable")
+@click.argument("name")
+def disable_user_command(name):
+    """Stop user NAME from signing in or using their tokens."""
+    _existing_user(name).disabled = True
+    db.session.commit()
+    audit.record("user.disable", name, actor="cli")
+    click.echo(f"User {name} is disabled.")
+
+
+@users_command.command("enable")
+@click.argument("name")
+def enable_user_command(name):
+    """Allow a disabled user NAME to sign in again."""
+    _existing_user(name).disabled = False
+    db.session.commit()
+    audit.record("user.enable", name, actor="cli")
+    click.echo(f"User {name} is enabled.")
 
 
 @users_command.command("list")

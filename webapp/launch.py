@@ -17,6 +17,7 @@ from . import extra_vars as extra_var_checks
 from .catalog import CatalogError, find_playbook
 from .extensions import db
 from .models import Deployment, RunStatus
+from .policy import can
 from .redis_conn import connect, get_queue
 
 logger = logging.getLogger(__name__)
@@ -151,8 +152,6 @@ def launch(
     Returns the new Deployment. Raises LaunchError for invalid input (nothing
     is written) and for an unreachable Redis (the row is removed again).
     """
-    from .policy import can
-
     if launched_by is None:
         launched_by = audit.current_actor()
     if privileged_vars is None:
@@ -196,6 +195,8 @@ def launch(
             secret_store.save(redis_connection(), run.id, secret_values, timeout)
         queueing.enqueue_run(queue(), run.id, run.attempt, timeout)
     except RedisError as exc:
+        if secret_values:
+            _forget_secret_values(run.id)
         db.session.delete(run)
         db.session.commit()
         logger.error(
@@ -227,6 +228,13 @@ def launch(
     return run
 
 
+def _forget_secret_values(run_id):
+    try:
+        secret_store.delete(redis_connection(), run_id)
+    except RedisError:
+        logger.warning("run %s: secret values left in Redis until they expire", run_id)
+
+
 def relaunch(run, *, launched_by=None):
     """Launch a new run with the parameters of ``run``.
 
@@ -256,8 +264,8 @@ def relaunch(run, *, launched_by=None):
 def cancel(run, *, requested_by=None):
     """Cancel a queued or running run; return True if this request ended it.
 
-    Audits the cancel and deletes the run's secret values from Redis.
-    The row is ended first, so the worker's own handlers find it canceled;
+    Audits the cancel, and deletes the secret values of a queued run from
+    Redis (a running job deletes its own when it ends). The row is ended first, so the worker's own handlers find it canceled;
     then the RQ job is canceled (queued) or stopped (running), which kills the
     work horse and with it the playbook.
     """
@@ -275,10 +283,11 @@ def cancel(run, *, requested_by=None):
     ):
         return False
     audit.record("cancel", f"run {run.id}", {"status_before": was}, actor=requested_by)
+    if was == RunStatus.QUEUED.value and run.secret_vars:
+        _forget_secret_values(run.id)
     connection = redis_connection()
     try:
         if was == RunStatus.QUEUED.value:
-            secret_store.delete(connection, run.id)
             Job.fetch(run.job_id, connection=connection).cancel()
         else:
             send_stop_job_command(connection, run.job_id)
