@@ -245,11 +245,16 @@ def client_as(app):
     return lambda role: token_client(app, role, role)
 
 
-def login(page, base_url="", name="admin", password=TEST_PASSWORD):
-    """Sign in through the login form in a Playwright ``page``.
+def login(page, base_url="", name="admin", password=TEST_PASSWORD, app=None):
+    """Sign in through the login form in a Playwright ``page``; return the page.
 
-    The user must exist: ``create_user(app, "admin", "admin")`` creates it.
+    With ``app``, user ``name`` is created first (role admin, or the role of
+    that name: "viewer", "operator"). Without it, the user must exist.
+    ``base_url`` may stay empty when the browser context has a base URL.
     """
+    if app is not None:
+        role = name if name in ("viewer", "operator", "admin") else "admin"
+        create_user(app, name, role, password)
     page.goto(f"{base_url}/login")
     page.fill("#username", name)
     page.fill("#password", password)

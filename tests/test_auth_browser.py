@@ -4,7 +4,7 @@ content security policy."""
 import threading
 
 import pytest
-from conftest import create_user, login
+from conftest import login
 from werkzeug.serving import make_server
 
 pytestmark = pytest.mark.browser
@@ -43,13 +43,11 @@ def browser_page():
 
 def test_sign_in_launch_cancel_sign_out(app, base_url, browser_page):
     page = browser_page
-    create_user(app, "admin", "admin")
-
     page.goto(f"{base_url}/runs")
     assert page.url.startswith(f"{base_url}/login")
     assert page.locator("#user-menu").count() == 0
 
-    login(page, base_url)
+    login(page, base_url, app=app)
     assert "admin (admin)" in page.inner_text("#user-menu")
 
     page.goto(f"{base_url}/launch")
