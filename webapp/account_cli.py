@@ -21,7 +21,9 @@ def _fail(exc):
     raise click.ClickException(str(exc)) from exc
 
 
-users_command = AppGroup("users", help="Create and list the people who may sign in.")
+users_command = AppGroup(
+    "users", help="Create, list and change the people who may sign in."
+)
 
 
 @users_command.command("create")
