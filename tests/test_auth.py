@@ -267,3 +267,25 @@ def test_anonymous_page_redirects_to_login(anon_client):
 
     assert response.status_code == 302
     assert response.headers["Location"] == "/login?next=/runs?status%3Dfailed"
+
+
+def test_password_change_ends_sessions(app, anon_client):
+    create_user(app, "alice", "admin")
+    sign_in(anon_client, "alice")
+    assert anon_client.get("/").status_code == 200
+
+    with app.app_context():
+        auth.set_password(auth.find_user("alice"), "a brand new password")
+
+    assert anon_client.get("/").status_code == 302
+
+
+def test_disabled_user_session_ends(app, anon_client):
+    create_user(app, "alice", "admin")
+    sign_in(anon_client, "alice")
+
+    with app.app_context():
+        auth.find_user("alice").disabled = True
+        db.session.commit()
+
+    assert anon_client.get("/").status_code == 302

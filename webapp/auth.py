@@ -172,11 +172,16 @@ def user_for_token(token):
 def _load_session_user(user_id):
     if bearer_token() is not None:
         return None  # the Authorization header decides, not the cookie
+    number, _, fingerprint = str(user_id).partition(":")
     try:
-        user = db.session.get(User, int(user_id))
-    except (TypeError, ValueError):
+        user = db.session.get(User, int(number))
+    except ValueError:
         return None
-    return user if user is not None and user.is_active else None
+    if user is None or not user.is_active:
+        return None
+    if fingerprint != user.password_fingerprint:
+        return None  # the password changed after this session began
+    return user
 
 
 @login_manager.request_loader

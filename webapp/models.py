@@ -5,6 +5,7 @@ Times are stored as naive UTC and read back as aware UTC datetimes.
 """
 
 import enum
+import hashlib
 from datetime import UTC, datetime
 
 from sqlalchemy import (
@@ -266,7 +267,13 @@ class User(db.Model):
         return False
 
     def get_id(self):
-        return str(self.id)
+        # Stored in the session: a new password ends every earlier session.
+        return f"{self.id}:{self.password_fingerprint}"
+
+    @property
+    def password_fingerprint(self):
+        digest = hashlib.sha256((self.password_hash or "").encode())
+        return digest.hexdigest()[:16]
 
     def has_role(self, role):
         return Role(self.role).rank >= Role(role).rank
