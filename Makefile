@@ -19,6 +19,7 @@ install-test: $(BIN)/python
 
 run: install
 	$(BIN)/flask --app webapp db upgrade
+	$(BIN)/flask --app webapp users check
 	$(BIN)/honcho start
 
 test: install-test

@@ -13,7 +13,7 @@ import os
 from webapp.extensions import db
 from webapp.models import Deployment
 
-from . import state
+from . import secret_store, state
 
 logger = logging.getLogger(__name__)
 
@@ -26,11 +26,14 @@ def stdout_path(artifact_dir):
     return os.path.join(artifact_dir, "stdout")
 
 
-def copy_new_output(run_id, artifact_dir, offset):
+def copy_new_output(run_id, artifact_dir, offset, redact=None, final=False):
     """Store bytes of the stdout file past ``offset``; return the new offset.
 
     Bytes are decoded as UTF-8 with invalid sequences replaced. A multi-byte
-    character split across two reads is completed on the next read.
+    character split across two reads is completed on the next read. With
+    ``redact`` (see jobs.secret_store.redactor), text is masked before it is
+    stored, and only whole lines are copied until ``final``, so that a
+    secret value is never split across two chunks.
     """
     path = stdout_path(artifact_dir)
     try:
@@ -44,7 +47,13 @@ def copy_new_output(run_id, artifact_dir, offset):
             if not data:
                 return offset
             data = _trim_partial_character(data)
+            if redact is not None and not final:
+                data = _whole_lines(data)
+                if not data:
+                    return offset
             text = data.decode("utf-8", errors="replace")
+            if redact is not None:
+                text = redact(text)
             new_offset = offset + len(data)
             if not state.append_output(run_id, text, new_offset, offset):
                 # Another reader stored these bytes first: continue from its offset.
@@ -52,6 +61,14 @@ def copy_new_output(run_id, artifact_dir, offset):
                     Deployment, run_id, populate_existing=True
                 ).output_offset
             offset = new_offset
+
+
+def _whole_lines(data):
+    """Return ``data`` up to its last newline (all of it when it fills a chunk)."""
+    end = data.rfind(b"\n") + 1
+    if end == 0 and len(data) >= CHUNK_BYTES:
+        return data
+    return data[:end]
 
 
 def _trim_partial_character(data):
@@ -68,12 +85,44 @@ def _trim_partial_character(data):
 
 
 def catch_up(run):
-    """Copy whatever the stdout file of ``run`` holds beyond what SQL has."""
+    """Copy the part of the stdout file of ``run`` that SQL does not have yet.
+
+    For a run with secret extra vars, the values are read from Redis to mask
+    the text and then deleted, because the run is ending. When they are
+    already gone, the rest of the output is not copied.
+    """
     if not run.artifact_dir:
         return
+    redact = None
+    if run.secret_vars:
+        connection = _redis()
+        values = secret_store.load(connection, run.id)
+        if values is None:
+            logger.warning(
+                "run %s: output after byte %s not copied: the secret values "
+                "needed to mask it are no longer in Redis",
+                run.id,
+                run.output_offset,
+            )
+            return
+        redact = secret_store.redactor(values)
     try:
-        copy_new_output(run.id, run.artifact_dir, run.output_offset or 0)
+        copy_new_output(
+            run.id, run.artifact_dir, run.output_offset or 0, redact, final=True
+        )
     except OSError:
         logger.exception(
             "run %s: could not read the output file in %s", run.id, run.artifact_dir
         )
+    if run.secret_vars:
+        secret_store.delete(connection, run.id)
+
+
+def _redis():
+    from flask import current_app
+
+    from webapp.redis_conn import connect
+
+    return current_app.extensions.get("redis") or connect(
+        current_app.config["REDIS_URL"]
+    )

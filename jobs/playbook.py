@@ -24,7 +24,7 @@ from rq.timeouts import JobTimeoutException
 from webapp.extensions import db
 from webapp.models import Deployment, RunStatus
 
-from . import output, process, state
+from . import output, process, secret_store, state
 from .events import Progress, stats_from_event
 
 logger = logging.getLogger(__name__)
@@ -61,6 +61,8 @@ def run_playbook(run_id, attempt):
 
     run = db.session.get(Deployment, run_id)
     execution = Execution(run, attempt, config)
+    if not execution.add_secret_values(job):
+        return "failed"
     try:
         result = execution.run()
     except JobTimeoutException:
@@ -79,6 +81,8 @@ def run_playbook(run_id, attempt):
             decided_by="worker",
         )
         raise
+    finally:
+        execution.forget_secret_values(job)
     return result
 
 
@@ -110,6 +114,61 @@ class Execution:
         self.pid = None
         self.pid_started = None
         self.lost_ownership = threading.Event()
+        self.secret_vars = list(run.secret_vars or [])
+        self.redact = None
+
+    def add_secret_values(self, job):
+        """Put the run's secret values from Redis into its extra vars.
+
+        Returns False, after failing the run, when they are no longer there.
+        """
+        if not self.secret_vars:
+            return True
+        from webapp.redis_conn import connect
+
+        connection = job.connection if job else connect(self.config["REDIS_URL"])
+        values = secret_store.load(connection, self.run_id)
+        if values is None:
+            state.finish(
+                self.run_id,
+                RunStatus.FAILED,
+                "the values of its secret extra vars "
+                f"({', '.join(self.secret_vars)}) are no longer in Redis (expired "
+                "or lost); launch it again with the values",
+                attempt=self.attempt,
+                decided_by="worker",
+                reason_code="secrets_missing",
+                explain=True,
+            )
+            return False
+        self.extra_vars.update(values)
+        self.redact = secret_store.redactor(values)
+        return True
+
+    def forget_secret_values(self, job):
+        """Delete the run's secret values from Redis once the playbook ended."""
+        if self.secret_vars and job is not None:
+            secret_store.delete(job.connection, self.run_id)
+
+    @property
+    def extravars_path(self):
+        return self.private_dir / "env" / "extravars"
+
+    def write_extravars(self):
+        """Write extra vars where ansible-runner passes them as ``-e @file``.
+
+        A file, readable by this user only, keeps values out of the command
+        line and ansible-runner's ``command`` artifact.
+        """
+        if not self.extra_vars:
+            return
+        self.extravars_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.extravars_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(self.extra_vars, handle)
+
+    def remove_extravars(self):
+        self.extravars_path.unlink(missing_ok=True)
 
     def runner_options(self):
         bin_dir = os.path.dirname(self.config["PYTHON"])
@@ -133,7 +192,8 @@ class Execution:
             project_dir=self.config["PLAYBOOK_DIR"],
             inventory=self.config["INVENTORY"],
             limit=self.target,
-            extravars=self.extra_vars or None,
+            # Read by ansible-runner from env/extravars: see write_extravars.
+            extravars=None,
             # With a custom binary ansible-runner does not add the playbook
             # itself. It splits this string back into arguments; no shell runs.
             cmdline=shlex.join(
@@ -154,8 +214,12 @@ class Execution:
 
     def run(self):
         self.private_dir.mkdir(parents=True, exist_ok=True)
+        self.write_extravars()
         self.monitor.start()
-        runner = ansible_runner.run(**self.runner_options())
+        try:
+            runner = ansible_runner.run(**self.runner_options())
+        finally:
+            self.remove_extravars()
         self.monitor.stop()
         if self.lost_ownership.is_set():
             # Canceled or finalized by someone else, whose status is kept.
@@ -213,7 +277,14 @@ class Execution:
         process.kill_run(
             self.hostname, self.run_id, self.pid, self.pid_started, self.attempt
         )
-        output.copy_new_output(self.run_id, self.run_artifact_dir, self._offset())
+        self.remove_extravars()
+        output.copy_new_output(
+            self.run_id,
+            self.run_artifact_dir,
+            self._offset(),
+            redact=self.redact,
+            final=True,
+        )
         state.finish(
             self.run_id,
             status,
@@ -281,7 +352,11 @@ class Monitor(threading.Thread):
             try:
                 execution.find_playbook_process()
                 self.offset = output.copy_new_output(
-                    execution.run_id, execution.run_artifact_dir, self.offset
+                    execution.run_id,
+                    execution.run_artifact_dir,
+                    self.offset,
+                    redact=execution.redact,
+                    final=stopping,
                 )
                 if stopping:
                     return

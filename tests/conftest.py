@@ -199,9 +199,68 @@ def app(shepherd_env):
         db.engine.dispose()
 
 
+# Signed-in clients. ``client`` acts as an admin through an API token, so
+# tests need no sign-in and, like any token client, no CSRF token.
+# ``anon_client`` has no credentials. ``client_as(role)`` acts as a user of
+# that role. test_auth.py tests sign-in through the form.
+
+TEST_PASSWORD = "correct horse battery staple"
+
+
+def create_user(app, name, role, password=TEST_PASSWORD):
+    """Create user ``name`` with ``role`` unless it exists; return its name."""
+    from webapp import auth
+
+    with app.app_context():
+        if auth.find_user(name) is None:
+            auth.create_user(name, role, password)
+    return name
+
+
+def token_client(app, name, role):
+    """Return a test client that sends an API token of user ``name``."""
+    from webapp import auth
+
+    create_user(app, name, role)
+    with app.app_context():
+        _, token = auth.create_token(auth.find_user(name), label="tests")
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+    client.token = token
+    return client
+
+
 @pytest.fixture
 def client(app):
+    return token_client(app, "admin", "admin")
+
+
+@pytest.fixture
+def anon_client(app):
     return app.test_client()
+
+
+@pytest.fixture
+def client_as(app):
+    return lambda role: token_client(app, role, role)
+
+
+def login(page, base_url="", name="admin", password=TEST_PASSWORD, app=None):
+    """Sign in through the login form in a Playwright ``page``; return the page.
+
+    With ``app``, user ``name`` is created first (role admin, or the role of
+    that name: "viewer", "operator"). Without it, the user must exist.
+    ``base_url`` may stay empty when the browser context has a base URL.
+    """
+    if app is not None:
+        role = name if name in ("viewer", "operator", "admin") else "admin"
+        create_user(app, name, role, password)
+    page.goto(f"{base_url}/login")
+    page.fill("#username", name)
+    page.fill("#password", password)
+    page.click("#login-button")
+    page.wait_for_selector("#user-menu")
+    return page
 
 
 @pytest.fixture

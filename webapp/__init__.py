@@ -38,9 +38,17 @@ def create_app(test_config=None):
     extensions.enable_sqlite_wal(app)
     app.extensions["inventory"] = Inventory(app.config["INVENTORY"])
 
+    # Users, the per-route policy, CSRF, headers and error pages.
+    from . import audit, auth, policy, security
+
+    auth.init_app(app)
+    policy.init_app(app)
+    security.init_app(app)
+
     app.register_blueprint(views.bp)
     app.register_blueprint(runs.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(audit.bp)
     cli.register(app)
     return app
 

@@ -8,6 +8,7 @@ from flask import (
     request,
     stream_with_context,
 )
+from flask_login import current_user
 
 from . import history, launch
 from .catalog import list_playbooks
@@ -56,7 +57,8 @@ def create_deployment():
 
 
 def launched_by():
-    return request.headers.get("X-Shepherd-User") or request.remote_addr or "anonymous"
+    """Return the name of the user behind this request (session or token)."""
+    return current_user.name
 
 
 @bp.get("/deployments")

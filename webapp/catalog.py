@@ -11,6 +11,7 @@ file, each ``# key: value``, read until the first line that is not a comment::
     # timeout: 1800
 """
 
+import fnmatch
 import json
 import logging
 import os
@@ -24,9 +25,11 @@ logger = logging.getLogger(__name__)
 OS_FAMILIES = ("Linux", "Debian", "RedHat", "Windows")
 PLAYBOOK_SUFFIXES = (".yml", ".yaml")
 HEADER_LINE = re.compile(r"^#\s*([a-z_]+)\s*:\s*(.*?)\s*$")
-# Host and group names as Ansible accepts them, plus limit patterns built from
-# them with ':', '&' and '!' and the '*' wildcard.
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-\[\]]*$")
+# One part of a limit pattern: a host or group name, or a glob of them. No
+# '~' regular expressions, '[0:2]' subscripts or '@file' parts, and never a
+# leading '-', which ansible-playbook would read as an option.
+LIMIT_PART = re.compile(r"[A-Za-z0-9_*?][A-Za-z0-9_.*?\-]*")
+MAX_TARGET_LENGTH = 255
 
 
 class CatalogError(ValueError):
@@ -121,6 +124,12 @@ def list_playbooks(playbook_dir):
         ]
         for filename in sorted(filenames):
             if not filename.endswith(PLAYBOOK_SUFFIXES) or filename.startswith("."):
+                continue
+            if filename.startswith("-"):
+                # ansible-playbook would read the name as an option.
+                logger.warning(
+                    "playbook %s: names starting with '-' are skipped", filename
+                )
                 continue
             path = Path(dirpath) / filename
             if not path.resolve().is_relative_to(root):
@@ -259,27 +268,94 @@ class Inventory:
         return []
 
     def validate_target(self, target):
-        """Raise CatalogError unless ``target`` is a known host or group."""
+        """Raise CatalogError unless ``target`` is a host, a group or a valid limit pattern.
+
+        A limit pattern is parts joined by ':' or ',', each a host or group
+        name or a '*'/'?' glob matching at least one of them, optionally
+        prefixed with '&' (intersection) or '!' (exclusion) after the first.
+        It must select at least one host. Returns the selected hosts.
+        """
         if not isinstance(target, str) or not target:
             raise CatalogError(
                 "A target is required: an inventory host or group, for example 'local'.",
                 "target",
                 target,
             )
-        if not NAME_PATTERN.match(target) or target.startswith("-"):
+        if len(target) > MAX_TARGET_LENGTH:
             raise CatalogError(
-                f"Invalid target {target!r}: use an inventory host or group name "
-                "(letters, digits, '.', '-', '_').",
+                f"Invalid target {target[:40]!r}...: a target is at most "
+                f"{MAX_TARGET_LENGTH} characters.",
                 "target",
                 target,
             )
-        if target not in self.hosts() and target not in self.groups():
+        parts = re.split(r"[:,]", target)
+        for index, part in enumerate(parts):
+            name = part[1:] if part[:1] in ("!", "&") else part
+            if index == 0 and name != part:
+                raise CatalogError(
+                    f"Invalid target {target!r}: start with a host or group to "
+                    "include before any '!' or '&' part.",
+                    "target",
+                    target,
+                )
+            if not LIMIT_PART.fullmatch(name):
+                raise CatalogError(
+                    f"Invalid target {target!r}: the part {part!r} is not a host or "
+                    "group name. Use letters, digits, '.', '-', '_' and the "
+                    "wildcards '*' and '?', joined by ':' or ','.",
+                    "target",
+                    target,
+                )
+        hosts = self.select(target)
+        if not hosts:
             raise CatalogError(
-                f"Unknown target {target!r}. Use a host or group from the inventory "
-                "as listed by GET /api/targets.",
+                f"Target {target!r} selects no host of the inventory.",
                 "target",
                 target,
             )
+        return hosts
+
+    def _match(self, name, target):
+        """Return the hosts that one part of a limit pattern names."""
+        groups = self.groups()
+        all_hosts = self.hosts()
+        if "*" in name or "?" in name:
+            matched = set(fnmatch.filter(all_hosts, name))
+            for group in fnmatch.filter(groups, name):
+                matched.update(groups[group])
+            if not matched:
+                raise CatalogError(
+                    f"Unknown target {name!r} in {target!r}: the pattern matches no "
+                    "host or group of the inventory.",
+                    "target",
+                    target,
+                )
+            return matched
+        if name in groups:
+            return set(groups[name])
+        if name in all_hosts:
+            return {name}
+        raise CatalogError(
+            f"Unknown target {name!r}. Use a host or group from the inventory "
+            "as listed by GET /api/targets.",
+            "target",
+            target,
+        )
+
+    def select(self, target):
+        """Return the sorted hosts a validated limit pattern selects."""
+        included, required, excluded = set(), None, set()
+        for part in re.split(r"[:,]", target):
+            if part.startswith("!"):
+                excluded |= self._match(part[1:], target)
+            elif part.startswith("&"):
+                hosts = self._match(part[1:], target)
+                required = hosts if required is None else required & hosts
+            else:
+                included |= self._match(part, target)
+        if required is not None:
+            included &= required
+        return sorted(included - excluded)
 
 
 def _common_family(families):

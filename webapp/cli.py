@@ -12,7 +12,11 @@ from .models import Deployment, RunStatus, database_time
 
 
 def register(app):
+    from .account_cli import tokens_command, users_command
+
     app.cli.add_command(cleanup_stuck_deployments_command)
+    app.cli.add_command(users_command)
+    app.cli.add_command(tokens_command)
 
 
 @click.command("cleanup-stuck-deployments")

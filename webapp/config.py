@@ -5,6 +5,7 @@ Every setting has a default that works offline on a fresh clone: SQLite under
 """
 
 import os
+import re
 import secrets
 import socket
 import sys
@@ -32,6 +33,27 @@ def _number(env, name, default, kind=float, minimum=0):
     if value <= minimum:
         raise ConfigError(f"{name}={raw!r} must be greater than {minimum}.")
     return value
+
+
+def _flag(env, name, default=False):
+    raw = (env.get(name) or "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a valid flag. Set it to true or false.")
+
+
+def _pattern(env, name, default):
+    raw = env.get(name) or default
+    try:
+        return re.compile(raw, re.IGNORECASE).pattern
+    except re.error as exc:
+        raise ConfigError(
+            f"{name}={raw!r} is not a valid regular expression ({exc})."
+        ) from None
 
 
 def _secret_key(instance_dir):
@@ -100,4 +122,19 @@ def load(env=None):
         "REQUEUE_AFTER": _number(env, "REQUEUE_AFTER", 10.0),
         "FAILURE_ALERT_THRESHOLD": _number(env, "FAILURE_ALERT_THRESHOLD", 5, int),
         "OUTPUT_FLUSH_INTERVAL": _number(env, "OUTPUT_FLUSH_INTERVAL", 0.25),
+        # Sign-in and sessions (see webapp.auth and webapp.security).
+        "SESSION_COOKIE_SECURE": _flag(env, "SESSION_COOKIE_SECURE"),
+        "SESSION_LIFETIME_HOURS": _number(env, "SESSION_LIFETIME_HOURS", 12.0),
+        "LOGIN_FAILURE_WINDOW": _number(env, "LOGIN_FAILURE_WINDOW", 900.0),
+        "LOGIN_MAX_FAILURES": _number(env, "LOGIN_MAX_FAILURES", 5, int),
+        "LOGIN_MAX_FAILURES_PER_ADDRESS": _number(
+            env, "LOGIN_MAX_FAILURES_PER_ADDRESS", 20, int
+        ),
+        # Number of reverse proxies in front of gunicorn whose X-Forwarded-For
+        # and X-Forwarded-Proto headers are trusted; 0 trusts none.
+        "PROXY_COUNT": _number(env, "PROXY_COUNT", 0, int, minimum=-1),
+        # Extra vars whose names match this (case-insensitive) are secret.
+        "SECRET_VAR_PATTERN": _pattern(
+            env, "SECRET_VAR_PATTERN", r"pass|secret|token|key|credential"
+        ),
     }

@@ -10,11 +10,14 @@ from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 
-from jobs import queueing, state
+from jobs import queueing, secret_store, state
 
+from . import audit
+from . import extra_vars as extra_var_checks
 from .catalog import CatalogError, find_playbook
 from .extensions import db
 from .models import Deployment, RunStatus
+from .policy import can
 from .redis_conn import connect, get_queue
 
 logger = logging.getLogger(__name__)
@@ -134,15 +137,25 @@ def launch(
     check=False,
     timeout=None,
     *,
-    launched_by="anonymous",
+    launched_by=None,
     trigger="manual",
     relaunch_of=None,
+    privileged_vars=None,
 ):
-    """Validate a request, create its queued row and enqueue its job.
+    """Validate a request, create its queued row, enqueue its job and audit it.
+
+    ``launched_by`` defaults to the signed-in user. ``privileged_vars``
+    allows connection and privilege extra vars and templates; by default
+    only a signed-in admin may send them. Secret extra vars are stored
+    masked and handed to the job through Redis.
 
     Returns the new Deployment. Raises LaunchError for invalid input (nothing
     is written) and for an unreachable Redis (the row is removed again).
     """
+    if launched_by is None:
+        launched_by = audit.current_actor()
+    if privileged_vars is None:
+        privileged_vars = audit.current_actor() != "system" and can("override_vars")
     config = current_app.config
     try:
         entry = find_playbook(config["PLAYBOOK_DIR"], playbook)
@@ -150,6 +163,12 @@ def launch(
     except CatalogError as exc:
         raise LaunchError(str(exc), exc.field, exc.value) from exc
     extra_vars = parse_extra_vars(extra_vars)
+    try:
+        extra_var_checks.check(extra_vars, privileged_allowed=privileged_vars)
+    except extra_var_checks.ExtraVarsError as exc:
+        raise LaunchError(str(exc), "extra_vars", exc.value, exc.status) from exc
+    secret_names = extra_var_checks.secret_names(extra_vars, entry.meta)
+    extra_vars, secret_values = extra_var_checks.split_secrets(extra_vars, secret_names)
     default_timeout = entry.timeout or config["DEFAULT_JOB_TIMEOUT"]
     timeout = parse_timeout(timeout, default_timeout)
     check = parse_check(check)
@@ -158,6 +177,7 @@ def launch(
         playbook=entry.path,
         target=target,
         extra_vars=extra_vars,
+        secret_vars=secret_names or None,
         check_mode=check,
         timeout=timeout,
         launched_by=launched_by,
@@ -171,8 +191,12 @@ def launch(
     run.job_id = queueing.job_id(run.id, run.attempt)
     db.session.commit()
     try:
+        if secret_values:
+            secret_store.save(redis_connection(), run.id, secret_values, timeout)
         queueing.enqueue_run(queue(), run.id, run.attempt, timeout)
     except RedisError as exc:
+        if secret_values:
+            _forget_secret_values(run.id)
         db.session.delete(run)
         db.session.commit()
         logger.error(
@@ -187,10 +211,44 @@ def launch(
     logger.info(
         "run %s: queued %s on %s by %s", run.id, run.playbook, run.target, launched_by
     )
+    audit.record(
+        "relaunch" if relaunch_of else "launch",
+        f"run {run.id}",
+        {
+            "playbook": run.playbook,
+            "target": run.target,
+            "extra_vars": run.extra_vars,
+            "check": run.check_mode,
+            "timeout": run.timeout,
+            "trigger": run.trigger,
+            "relaunch_of": relaunch_of,
+        },
+        actor=launched_by,
+    )
     return run
 
 
-def relaunch(run, *, launched_by):
+def _forget_secret_values(run_id):
+    try:
+        secret_store.delete(redis_connection(), run_id)
+    except RedisError:
+        logger.warning("run %s: secret values left in Redis until they expire", run_id)
+
+
+def relaunch(run, *, launched_by=None):
+    """Launch a new run with the parameters of ``run``.
+
+    Raises LaunchError for a run with secret extra vars, whose values are
+    gone once it ended.
+    """
+    if run.secret_vars:
+        raise LaunchError(
+            f"Run {run.id} had secret extra vars ({', '.join(run.secret_vars)}), "
+            "whose values Shepherd does not keep. Launch it again from the "
+            "Launch page and give the values.",
+            "extra_vars",
+            run.secret_vars,
+        )
     return launch(
         run.playbook,
         run.target,
@@ -203,13 +261,15 @@ def relaunch(run, *, launched_by):
     )
 
 
-def cancel(run, *, requested_by):
+def cancel(run, *, requested_by=None):
     """Cancel a queued or running run; return True if this request ended it.
 
-    The row is ended first, so the worker's own handlers find it canceled;
+    Audits the cancel, and deletes the secret values of a queued run from
+    Redis (a running job deletes its own when it ends). The row is ended first, so the worker's own handlers find it canceled;
     then the RQ job is canceled (queued) or stopped (running), which kills the
     work horse and with it the playbook.
     """
+    requested_by = requested_by or audit.current_actor()
     reason = f"canceled by {requested_by}"
     was = run.status
     if not state.finish(
@@ -222,6 +282,9 @@ def cancel(run, *, requested_by):
         explain=True,
     ):
         return False
+    audit.record("cancel", f"run {run.id}", {"status_before": was}, actor=requested_by)
+    if was == RunStatus.QUEUED.value and run.secret_vars:
+        _forget_secret_values(run.id)
     connection = redis_connection()
     try:
         if was == RunStatus.QUEUED.value:

@@ -5,6 +5,7 @@ Times are stored as naive UTC and read back as aware UTC datetimes.
 """
 
 import enum
+import hashlib
 from datetime import UTC, datetime
 
 from sqlalchemy import (
@@ -110,6 +111,9 @@ class Deployment(db.Model):
     timeout: Mapped[int] = mapped_column(Integer)
     trigger: Mapped[str] = mapped_column(String(64), default="manual")
     launched_by: Mapped[str] = mapped_column(String(255), default="anonymous")
+    # Names of extra vars whose values are masked in ``extra_vars``: the real
+    # values live in Redis until the job ends (see jobs.secret_store).
+    secret_vars: Mapped[list | None] = mapped_column(JSON)
     relaunch_of: Mapped[int | None] = mapped_column(
         ForeignKey("deployments.id", ondelete="SET NULL")
     )
@@ -177,6 +181,7 @@ class Deployment(db.Model):
             "playbook": self.playbook,
             "target": self.target,
             "extra_vars": self.extra_vars,
+            "secret_vars": self.secret_vars or [],
             "check": self.check_mode,
             "timeout": self.timeout,
             "trigger": self.trigger,
@@ -223,12 +228,123 @@ def _iso(value):
     return value.isoformat() if value else None
 
 
+class Role(str, enum.Enum):
+    """What a user may do; each role includes the rights of the ones before it."""
+
+    VIEWER = "viewer"
+    OPERATOR = "operator"
+    ADMIN = "admin"
+
+    @property
+    def rank(self):
+        return list(Role).index(self)
+
+
+class User(db.Model):
+    """A person who signs in with a password, or owns API tokens."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16), default=Role.VIEWER.value)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    # Flask-Login's user interface.
+    @property
+    def is_authenticated(self):
+        return True
+
+    @property
+    def is_active(self):
+        return not self.disabled
+
+    @property
+    def is_anonymous(self):
+        return False
+
+    def get_id(self):
+        # Stored in the session: a new password ends every earlier session.
+        return f"{self.id}:{self.password_fingerprint}"
+
+    @property
+    def password_fingerprint(self):
+        digest = hashlib.sha256((self.password_hash or "").encode())
+        return digest.hexdigest()[:16]
+
+    def has_role(self, role):
+        return Role(self.role).rank >= Role(role).rank
+
+    def to_dict(self):
+        return {
+            "id": self.id,
+            "name": self.name,
+            "role": self.role,
+            "disabled": self.disabled,
+            "created_at": _iso(self.created_at),
+            "last_login_at": _iso(self.last_login_at),
+        }
+
+
+class ApiToken(db.Model):
+    """A bearer token for the JSON API; only its SHA-256 digest is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # The first characters of the token, shown in listings to tell tokens apart.
+    prefix: Mapped[str] = mapped_column(String(16))
+    label: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class AuditEvent(db.Model):
+    """One security-relevant action: who did what to which target, from where."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    actor: Mapped[str] = mapped_column(String(255))
+    address: Mapped[str | None] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str | None] = mapped_column(String(255))
+    detail: Mapped[dict | None] = mapped_column(JSON)
+
+    __table_args__ = (
+        Index("ix_audit_events_action_at", "action", "at"),
+        Index("ix_audit_events_at", "at"),
+    )
+
+    def to_dict(self):
+        return {
+            "id": self.id,
+            "at": _iso(self.at),
+            "actor": self.actor,
+            "address": self.address,
+            "action": self.action,
+            "target": self.target,
+            "detail": self.detail,
+        }
+
+
 __all__ = [
     "ACTIVE_STATUSES",
     "TERMINAL_STATUSES",
+    "ApiToken",
+    "AuditEvent",
     "Deployment",
     "OutputChunk",
+    "Role",
     "RunStatus",
+    "User",
     "database_time",
     "db_now",
     "utcnow",

@@ -14,6 +14,7 @@ from flask import (
     stream_with_context,
     url_for,
 )
+from flask_login import current_user
 
 from . import ansi, history, launch
 from .extensions import db
@@ -125,7 +126,7 @@ def _event_stream(run_id, after):
 @bp.post("/<int:run_id>/cancel")
 def cancel(run_id):
     run = get_run(run_id)
-    if launch.cancel(run, requested_by=request.remote_addr or "anonymous"):
+    if launch.cancel(run, requested_by=current_user.name):
         flash(f"Run {run.id} canceled.", "warning")
     else:
         flash(f"Run {run.id} had already ended.", "info")
@@ -136,7 +137,7 @@ def cancel(run_id):
 def relaunch(run_id):
     run = get_run(run_id)
     try:
-        new_run = launch.relaunch(run, launched_by=request.remote_addr or "anonymous")
+        new_run = launch.relaunch(run, launched_by=current_user.name)
     except launch.LaunchError as exc:
         flash(str(exc), "danger")
         return redirect(url_for("runs.detail", run_id=run.id))

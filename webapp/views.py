@@ -9,6 +9,7 @@ from flask import (
     request,
     url_for,
 )
+from flask_login import current_user
 
 from . import dashboard, launch
 from .catalog import list_playbooks
@@ -34,7 +35,7 @@ def launch_form():
                 form.get("extra_vars"),
                 "check" in form,
                 form.get("timeout"),
-                launched_by=request.remote_addr or "anonymous",
+                launched_by=current_user.name,
             )
         except launch.LaunchError as exc:
             flash(str(exc), "danger")

@@ -1,0 +1,205 @@
+"""Command-line tools for accounts: ``flask --app webapp users ...`` and ``tokens ...``."""
+
+import sys
+
+import click
+from flask.cli import AppGroup
+from sqlalchemy import select
+
+from . import audit, auth
+from .extensions import db
+from .models import ApiToken, Role, User, utcnow
+
+FIRST_ADMIN_HINT = (
+    "No admin account exists yet. Create the first one with:\n"
+    "  .venv/bin/flask --app webapp users create admin --role admin\n"
+    "(it asks for the password; --password-stdin reads it from standard input)."
+)
+
+
+def _fail(exc):
+    raise click.ClickException(str(exc)) from exc
+
+
+users_command = AppGroup(
+    "users", help="Create, list and change the people who may sign in."
+)
+
+
+@users_command.command("create")
+@click.argument("name")
+@click.option(
+    "--role",
+    type=click.Choice([r.value for r in Role]),
+    default=Role.VIEWER.value,
+    show_default=True,
+    help="What the user may do: viewer reads, operator also launches and "
+    "cancels, admin also manages schedules, users and settings.",
+)
+@click.option(
+    "--password-stdin",
+    is_flag=True,
+    help="Read the password from the first line of standard input instead of a prompt.",
+)
+def create_user_command(name, role, password_stdin):
+    """Create user NAME with a password."""
+    password = _read_password(name, password_stdin)
+    try:
+        auth.validate_password(password)
+        user = auth.create_user(name, role, password)
+    except auth.AccountError as exc:
+        _fail(exc)
+    audit.record("user.create", user.name, {"role": user.role}, actor="cli")
+    click.echo(f"Created user {user.name} with role {user.role}.")
+
+
+def _read_password(name, from_stdin):
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    return click.prompt(
+        f"Password for {name}", hide_input=True, confirmation_prompt=True
+    )
+
+
+def _existing_user(name):
+    user = auth.find_user(name)
+    if user is None:
+        raise click.ClickException(
+            f"User {name!r} not found. 'flask --app webapp users list' shows users."
+        )
+    return user
+
+
+@users_command.command("set-role")
+@click.argument("name")
+@click.argument("role", type=click.Choice([r.value for r in Role]))
+def set_role_command(name, role):
+    """Give user NAME the role ROLE; their tokens act with the new role."""
+    user = _existing_user(name)
+    before = user.role
+    user.role = role
+    db.session.commit()
+    audit.record("user.set_role", name, {"before": before, "after": role}, actor="cli")
+    click.echo(f"User {name} now has role {role} (was {before}).")
+
+
+@users_command.command("set-password")
+@click.argument("name")
+@click.option(
+    "--password-stdin",
+    is_flag=True,
+    help="Read the password from the first line of standard input instead of a prompt.",
+)
+def set_password_command(name, password_stdin):
+    """Set a new password for user NAME."""
+    user = _existing_user(name)
+    try:
+        auth.set_password(user, _read_password(name, password_stdin))
+    except auth.AccountError as exc:
+        _fail(exc)
+    audit.record("user.set_password", name, actor="cli")
+    click.echo(f"Password of {name} changed.")
+
+
+@users_command.command("disable")
+@click.argument("name")
+def disable_user_command(name):
+    """Stop user NAME from signing in or using their tokens."""
+    _existing_user(name).disabled = True
+    db.session.commit()
+    audit.record("user.disable", name, actor="cli")
+    click.echo(f"User {name} is disabled.")
+
+
+@users_command.command("enable")
+@click.argument("name")
+def enable_user_command(name):
+    """Allow a disabled user NAME to sign in again."""
+    _existing_user(name).disabled = False
+    db.session.commit()
+    audit.record("user.enable", name, actor="cli")
+    click.echo(f"User {name} is enabled.")
+
+
+@users_command.command("list")
+def list_users_command():
+    """List users with their role and last sign-in."""
+    users = db.session.scalars(select(User).order_by(User.name)).all()
+    if not users:
+        click.echo(FIRST_ADMIN_HINT)
+        return
+    for user in users:
+        last = user.last_login_at.isoformat() if user.last_login_at else "never"
+        state = " (disabled)" if user.disabled else ""
+        click.echo(f"{user.name}\t{user.role}{state}\tlast sign-in: {last}")
+
+
+@users_command.command("check")
+def check_users_command():
+    """Print how to create the first admin when no admin exists yet."""
+    admin = db.session.scalar(
+        select(User.id).where(User.role == Role.ADMIN.value, User.disabled.is_(False))
+    )
+    if admin is None:
+        click.echo(FIRST_ADMIN_HINT)
+
+
+tokens_command = AppGroup("tokens", help="Create, list and revoke API tokens.")
+
+
+@tokens_command.command("create")
+@click.argument("name")
+@click.option("--label", help="A note saying what the token is for.")
+def create_token_command(name, label):
+    """Create an API token acting as user NAME and print it once.
+
+    Only a digest of the token is stored: copy it now, it cannot be shown
+    again.
+    """
+    user = auth.find_user(name)
+    if user is None:
+        raise click.ClickException(
+            f"User {name!r} not found. Create it first with "
+            f"'flask --app webapp users create {name} --role ROLE'."
+        )
+    row, token = auth.create_token(user, label)
+    audit.record("token.create", user.name, {"token_id": row.id}, actor="cli")
+    click.echo(token)
+    click.echo(
+        f"Token {row.id} ({row.prefix}...) acts as {user.name} ({user.role}). "
+        "Send it as 'Authorization: Bearer <token>'.",
+        err=True,
+    )
+
+
+@tokens_command.command("list")
+def list_tokens_command():
+    """List API tokens with their owner; revoked tokens are marked."""
+    rows = db.session.execute(
+        select(ApiToken, User.name)
+        .join(User, User.id == ApiToken.user_id)
+        .order_by(ApiToken.id)
+    ).all()
+    for row, owner in rows:
+        state = f"revoked {row.revoked_at.isoformat()}" if row.revoked_at else "active"
+        used = row.last_used_at.isoformat() if row.last_used_at else "never"
+        click.echo(
+            f"{row.id}\t{row.prefix}...\t{owner}\t{state}\tlast used: {used}"
+            f"\t{row.label or ''}"
+        )
+
+
+@tokens_command.command("revoke")
+@click.argument("token_id", type=int)
+def revoke_token_command(token_id):
+    """Revoke the API token with id TOKEN_ID (see 'tokens list')."""
+    row = db.session.get(ApiToken, token_id)
+    if row is None:
+        raise click.ClickException(
+            f"Token {token_id} not found. 'flask --app webapp tokens list' shows ids."
+        )
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        db.session.commit()
+        audit.record("token.revoke", str(token_id), actor="cli")
+    click.echo(f"Token {token_id} ({row.prefix}...) is revoked.")
