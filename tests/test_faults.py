@@ -51,11 +51,7 @@ def sleep_task_pids(hostname, run_id):
 
 def assert_gone(hostname, run_id, pids=(), within=5.0):
     wait_for(
-        lambda: not run_processes(hostname, run_id)
-        and not any(
-            psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
-            for p in pids
-        ),
+        lambda: not run_processes(hostname, run_id) and not any(_alive(p) for p in pids),
         within,
         message=f"every process of run {run_id} to exit",
     )
@@ -183,7 +179,7 @@ def test_timeout_kills_tree_and_ends_timeout(client, processes, shepherd_env):
     done = wait_status(client, run["id"], TERMINAL, timeout=60)
 
     assert done["status"] == "timeout"
-    assert "6 s" in done["reason"]
+    assert "12 s" in done["reason"]
     assert done["verdict"]["decided_by"] == "timeout"
     started = get_run(client, run["id"])
     from datetime import datetime
@@ -192,7 +188,7 @@ def test_timeout_kills_tree_and_ends_timeout(client, processes, shepherd_env):
         datetime.fromisoformat(started["finished_at"])
         - datetime.fromisoformat(started["started_at"])
     ).total_seconds()
-    assert 6 <= ran_for < 6 + 5
+    assert 12 <= ran_for < 12 + 5
     assert_gone(hostname, run["id"], task_pids)
     assert "before the sleep" in client.get(
         f"/api/deployments/{run['id']}/output"
@@ -238,14 +234,12 @@ def test_cancel_running_run(client, processes, shepherd_env):
     task_pids = sleep_task_pids(hostname, run["id"])
 
     started = time.monotonic()
-    response = client.post(
-        f"/api/deployments/{run['id']}/cancel", headers={"X-Shepherd-User": "alice"}
-    )
+    response = client.post(f"/api/deployments/{run['id']}/cancel")
 
     assert response.status_code == 200
     done = get_run(client, run["id"])
     assert done["status"] == "canceled"
-    assert "alice" in done["reason"]
+    assert done["reason"] == "canceled by admin"
     assert_gone(hostname, run["id"], task_pids, within=5)
     assert time.monotonic() - started < 5
     assert worker.alive()
@@ -445,7 +439,7 @@ def start_web(shepherd_env, port, tmp_path, name):
         stderr=subprocess.STDOUT,
     )
     wait_for(
-        lambda: _http_ok(f"http://127.0.0.1:{port}/api/playbooks"),
+        lambda: _http_ok(f"http://127.0.0.1:{port}/login"),
         30,
         message="gunicorn to serve",
     )
@@ -460,10 +454,12 @@ def _http_ok(url):
         return False
 
 
-def _http_json(url, body=None):
+def _http_json(url, token, body=None):
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(
-        url, data=data, headers={"Content-Type": "application/json"}
+        url,
+        data=data,
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
@@ -476,6 +472,7 @@ def test_web_restart_does_not_affect_run(client, processes, shepherd_env, tmp_pa
     web = start_web(shepherd_env, port, tmp_path, "web-1")
     run = _http_json(
         f"http://127.0.0.1:{port}/api/deployments",
+        client.token,
         {"playbook": "sleep.yml", "target": "localhost", "extra_vars": {"seconds": 4}},
     )
     wait_output(client, run["id"], "before the sleep", timeout=60)
@@ -490,7 +487,9 @@ def test_web_restart_does_not_affect_run(client, processes, shepherd_env, tmp_pa
     try:
         done = wait_for(
             lambda: (
-                r := _http_json(f"http://127.0.0.1:{port}/api/deployments/{run['id']}")
+                r := _http_json(
+                    f"http://127.0.0.1:{port}/api/deployments/{run['id']}", client.token
+                )
             )["status"]
             in TERMINAL
             and r,

@@ -192,9 +192,7 @@ def test_cleanup_command_rejects_bad_hours(runner, app):
 def test_launch_then_cancel_appends_reason(client, app):
     run = launch(client)
 
-    client.post(
-        f"/api/deployments/{run['id']}/cancel", headers={"X-Shepherd-User": "bob"}
-    )
+    client.post(f"/api/deployments/{run['id']}/cancel")
 
     output = client.get(f"/api/deployments/{run['id']}/output").get_data(as_text=True)
-    assert "canceled by bob" in output
+    assert "canceled by admin" in output
