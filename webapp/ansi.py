@@ -24,8 +24,15 @@ COLOURS = {
 
 def _classes(codes, current):
     classes = set(current)
+    codes = iter(codes)
     for code in codes:
-        if code == 0:
+        if code in (38, 48):
+            # Extended colour: 5;n (256 colours) or 2;r;g;b. Not rendered, but
+            # its parameters must not be read as colour codes of their own.
+            mode = next(codes, None)
+            for _ in range(1 if mode == 5 else 3 if mode == 2 else 0):
+                next(codes, None)
+        elif code == 0:
             classes.clear()
         elif code == 1:
             classes.add("ansi-bold")
