@@ -132,6 +132,7 @@ def test_launch_badge_goes_queued_running_successful(page, client, processes):
     page.select_option("#playbook", "ping.yml")
     page.select_option("#target", "localhost")
     assert_no_inline_script(page)
+    screenshot(page, "launch")
     page.click("#launch-button")
 
     page.wait_for_url("**/runs/**")
@@ -323,7 +324,11 @@ def test_pages_keyboard_reachable(page):
     page.goto("/playbooks")
     page.keyboard.press("Tab")
     expect(page.locator(":focus")).to_have_text("Skip to content")
-    page.keyboard.press("Enter")
+    page.keyboard.press("Tab")
+    expect(page.locator(":focus")).to_have_text("Shepherd")
+    assert_no_inline_script(page)
+    screenshot(page, "playbooks")
+
     page.goto("/targets")
     expect(page.locator("h1")).to_have_text("Targets")
     assert_no_inline_script(page)

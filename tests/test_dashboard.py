@@ -122,12 +122,12 @@ def test_runs_by_os_family_of_target(debian_app):
 
         families = dashboard.os_families(now - timedelta(days=1))
 
-    # localhost is Linux and web1 Debian, so "all" counts as Linux; box1 has
+    # localhost is Linux and web1 Debian, so "all" counts as Linux. box1 has
     # no os_family, so the playbook's header decides, if it has one.
     assert families == {"Debian": 2, "Linux": 2, "Windows": 1, "Unknown": 1}
 
 
-def test_alerts_for_failures_stuck_and_missing_processes(app, redis_client):
+def test_alerts_for_failures_stuck_and_no_processes(app, redis_client):
     app.config["FAILURE_ALERT_THRESHOLD"] = 2
     with app.app_context():
         now = database_time()

@@ -137,7 +137,7 @@ def test_rq_states_read_in_one_pipeline(app, redis_client):
             status=lambda i: "queued" if i < 3 else "running",
             job_id=lambda i: f"run-{i + 1}-1",
         )
-        # Runs 1 and 2 are in the queue; run 3's job is gone; run 4 is
+        # Runs 1 and 2 are in the queue and run 3's job is gone. Run 4 is
         # running in SQL while RQ still has its job queued.
         for run_id in (1, 2, 4):
             queueing.enqueue_run(queue(), run_id, 1, 60)

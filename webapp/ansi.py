@@ -10,6 +10,8 @@ import re
 from markupsafe import Markup, escape
 
 ESCAPE_SEQUENCE = re.compile(r"\x1b\[([0-9;?]*)([A-Za-z])|\x1b[()][A-Za-z0-9]|\r(?!\n)")
+# Parameters that follow 38;<mode> or 48;<mode>: 5;n or 2;r;g;b.
+EXTENDED_COLOUR_PARAMETERS = {5: 1, 2: 3}
 COLOURS = {
     30: "black",
     31: "red",
@@ -30,7 +32,7 @@ def _classes(codes, current):
             # Extended colour: 5;n (256 colours) or 2;r;g;b. Not rendered, but
             # its parameters must not be read as colour codes of their own.
             mode = next(codes, None)
-            for _ in range(1 if mode == 5 else 3 if mode == 2 else 0):
+            for _ in range(EXTENDED_COLOUR_PARAMETERS.get(mode, 0)):
                 next(codes, None)
         elif code == 0:
             classes.clear()

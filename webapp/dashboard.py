@@ -27,7 +27,7 @@ FAILURE_STATUSES = (
     RunStatus.TIMEOUT.value,
     RunStatus.ABANDONED.value,
 )
-# Runs whose duration says how long a playbook takes: those that ended by
+# Runs whose duration measures how long a playbook takes: those that ended by
 # themselves, not canceled, timed out or abandoned ones.
 DURATION_STATUSES = (RunStatus.SUCCESSFUL.value, RunStatus.FAILED.value)
 STATUS_ORDER = [status.value for status in RunStatus]
@@ -296,7 +296,7 @@ def durations(since):
     """Return [{playbook, runs, p50, p95}] of runs that ended by themselves since.
 
     Percentiles use the nearest-rank method, ranked in SQL with window
-    functions, so only two rows per playbook leave the database.
+    functions, so one row per playbook leaves the database.
     """
     # Materialized first, so the database reads the finish-time index once
     # instead of walking every run in playbook order for the window.

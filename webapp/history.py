@@ -109,9 +109,10 @@ def query_page(args, limit_default=50, now=None):
     """Return one page of runs, newest first, filtered by ``args``.
 
     Filters: status, playbook, target, trigger (``manual``, ``schedule`` or an
-    exact trigger), since and until (ISO dates or times on the queued time; a
-    bare ``until`` date includes that day), before (a run id: the page starts
-    below it), limit. ``now`` is the time the stuck filter judges by.
+    exact trigger), since and until, before and limit. Since and until are
+    ISO dates or times on the queued time, and a bare ``until`` date includes
+    that day. Before is a run id: the page starts below it. ``now`` is the
+    time the stuck filter judges by.
     """
     query = select(Deployment).options(load_only(*LIST_COLUMNS))
     status = args.get("status")
@@ -249,9 +250,9 @@ def rq_states(runs, connection=None):
     """Return {run id: RQ view} for the active runs among ``runs``.
 
     Reads every job's status, and the queue position of queued ones, in one
-    Redis pipeline, so a page of rows costs one round trip. A view holds the
+    Redis pipeline, so a page of rows costs one round trip. A view contains the
     RQ status, the 1-based queue position of a queued job and a warning when
-    RQ and SQL disagree (the sweep repairs such runs). Redis failures are
+    RQ and SQL disagree, which the sweep repairs. Redis failures are
     reported in the views, not raised: SQL remains the record.
     """
     from .launch import redis_connection

@@ -52,20 +52,20 @@ def index():
         page = history.Page(rows=[], next_before=None)
     rq_views = history.rq_states(page.rows)
     rows = [(run, history.health(run, now), rq_views.get(run.id)) for run in page.rows]
+    args = request.args.copy()
+    partial = args.poplist("partial") == ["rows"]
     context = {
         "rows": rows,
         "page": page,
-        "args": request.args,
+        "args": args,
         "active": any(run.is_active for run in page.rows),
-        "now": now,
-        "playbooks": [
-            p.path for p in list_playbooks(current_app.config["PLAYBOOK_DIR"])
-        ],
-        "targets": _target_names(),
     }
-    # The page's script refreshes the table alone while runs are active.
-    if request.args.get("partial") == "rows":
+    # The page's script fetches the table alone to refresh it.
+    if partial:
         return render_template("runs/_table.html", **context)
+    playbook_dir = current_app.config["PLAYBOOK_DIR"]
+    context["playbooks"] = [entry.path for entry in list_playbooks(playbook_dir)]
+    context["targets"] = _target_names()
     return render_template("runs/index.html", **context)
 
 

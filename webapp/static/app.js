@@ -81,8 +81,8 @@
   }
 
   // Watch launched runs whose own page is not open.
-  const here = document.getElementById("run");
-  const hereId = here ? here.dataset.run : null;
+  const runPage = document.getElementById("run");
+  const hereId = runPage ? runPage.dataset.run : null;
   async function pollLaunched() {
     for (const id of launched()) {
       if (id === hereId) continue;
