@@ -140,3 +140,37 @@ def test_ansi_extended_colours_not_read_as_basic():
     assert str(ansi.to_html("\x1b[38;2;32;33;34;1mB\x1b[0m")) == (
         '<span class="ansi-bold">B</span>'
     )
+
+
+def test_history_shows_queue_position_and_worker(app, client, redis_client):
+    from jobs import queueing
+    from webapp.launch import queue
+
+    now = utcnow()
+    first = add_run(app, status="queued", job_id="run-1-1")
+    second = add_run(app, status="queued", job_id="run-2-1")
+    add_run(
+        app,
+        status="running",
+        job_id="run-3-1",
+        started_at=now,
+        heartbeat_at=now,
+        worker_name="w-ui",
+        hostname="host-ui",
+    )
+    with app.app_context():
+        queueing.enqueue_run(queue(), first, 1, 60)
+        queueing.enqueue_run(queue(), second, 1, 60)
+
+    body = client.get("/runs").get_data(as_text=True)
+    rows = {
+        match.group(1): match.group(0)
+        for match in re.finditer(r'<tr data-run="(\d+)".*?</tr>', body, re.S)
+    }
+
+    assert "position 1 in queue" in rows[str(first)]
+    assert "position 2 in queue" in rows[str(second)]
+    assert "w-ui" in rows["3"]
+    assert "host-ui" in rows["3"]
+    assert "heartbeat" in rows["3"]
+    assert "RQ disagrees" in rows["3"]
