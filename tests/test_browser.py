@@ -152,8 +152,17 @@ def test_launch_badge_goes_queued_running_successful(page, client, processes):
     expect(page.locator("#stats tbody tr")).to_have_count(1)
     expect(page.locator("#toasts")).to_contain_text("ended: successful")
     expect(page.locator("#cancel-button")).to_have_count(0)
+    assert_no_inline_script(page)
     assert page.js_errors == []
     screenshot(page, "run-successful")
+
+    first_url = page.url
+    page.click("#relaunch-button")
+    page.wait_for_url(lambda url: url != first_url and "/runs/" in url)
+    expect(page.locator("#run-status [data-status]")).to_have_attribute(
+        "data-status", "successful", timeout=90_000
+    )
+    expect(page.locator("#run")).to_contain_text("Relaunch of")
 
     page.goto("/runs")
     row = page.locator("#history tbody tr").first

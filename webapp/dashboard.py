@@ -337,10 +337,15 @@ def durations(since):
         .group_by(ranked.c.playbook, ranked.c.runs)
         .order_by(ranked.c.playbook)
     ).all()
+    # PostgreSQL returns the seconds as Decimal, which JSON would make a string.
     return [
-        {"playbook": playbook, "runs": runs, "p50": p50, "p95": p95}
+        {"playbook": playbook, "runs": runs, "p50": _float(p50), "p95": _float(p95)}
         for playbook, runs, p50, p95 in rows
     ]
+
+
+def _float(value):
+    return None if value is None else float(value)
 
 
 def os_families(since):
