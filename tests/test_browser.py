@@ -285,6 +285,15 @@ def test_stale_heartbeat_shows_stuck_badge(page, app):
     )
     screenshot(page, "run-stuck")
 
+    # On a phone the pages fit the screen's width; wide tables scroll inside.
+    page.set_viewport_size({"width": 390, "height": 844})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    screenshot(page, "run-phone")
+    page.goto("/runs")
+    expect(badge).to_be_visible()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    screenshot(page, "history-phone")
+
 
 def test_dashboard_draws_charts(page, app, processes):
     processes.worker()
