@@ -10,6 +10,8 @@ import re
 from markupsafe import Markup, escape
 
 ESCAPE_SEQUENCE = re.compile(r"\x1b\[([0-9;?]*)([A-Za-z])|\x1b[()][A-Za-z0-9]|\r(?!\n)")
+# Parameters that follow 38;<mode> or 48;<mode>: 5;n or 2;r;g;b.
+EXTENDED_COLOUR_PARAMETERS = {5: 1, 2: 3}
 COLOURS = {
     30: "black",
     31: "red",
@@ -24,8 +26,15 @@ COLOURS = {
 
 def _classes(codes, current):
     classes = set(current)
+    codes = iter(codes)
     for code in codes:
-        if code == 0:
+        if code in (38, 48):
+            # Extended colour: 5;n (256 colours) or 2;r;g;b. Not rendered, but
+            # its parameters must not be read as colour codes of their own.
+            mode = next(codes, None)
+            for _ in range(EXTENDED_COLOUR_PARAMETERS.get(mode, 0)):
+                next(codes, None)
+        elif code == 0:
             classes.clear()
         elif code == 1:
             classes.add("ansi-bold")

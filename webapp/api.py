@@ -10,7 +10,7 @@ from flask import (
 )
 from flask_login import current_user
 
-from . import history, launch
+from . import dashboard, history, launch
 from .catalog import list_playbooks
 from .extensions import db
 from .models import Deployment
@@ -67,9 +67,12 @@ def list_deployments():
         page = history.query_page(request.args, limit_default=50)
     except history.FilterError as exc:
         return error(400, str(exc), exc.value, exc.field)
+    rq_views = history.rq_states(page.rows)
     return jsonify(
         {
-            "deployments": [history.row_dict(row) for row in page.rows],
+            "deployments": [
+                history.row_dict(row, rq=rq_views.get(row.id)) for row in page.rows
+            ],
             "next_before": page.next_before,
         }
     )
@@ -128,6 +131,12 @@ def relaunch_deployment(run_id):
     except launch.LaunchError as exc:
         return error(exc.status, str(exc), exc.value, exc.field)
     return jsonify(new_run.to_dict()), 201
+
+
+@bp.get("/stats")
+def stats():
+    """Dashboard figures and chart series (see webapp.dashboard)."""
+    return jsonify(dashboard.stats())
 
 
 @bp.get("/playbooks")

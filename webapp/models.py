@@ -157,6 +157,23 @@ class Deployment(db.Model):
         Index("ix_deployments_target_id", "target", "id"),
         Index("ix_deployments_trigger_id", "trigger", "id"),
         Index("ix_deployments_queued_at", "queued_at"),
+        # Covering indexes for the dashboard's aggregates (webapp.dashboard):
+        # runs per hour and day, by status and by OS family of the target,
+        # and durations and failures by finish time.
+        Index(
+            "ix_deployments_queued_at_stats",
+            "queued_at",
+            "status",
+            "target",
+            "playbook",
+        ),
+        Index(
+            "ix_deployments_finished_at_stats",
+            "finished_at",
+            "status",
+            "playbook",
+            "started_at",
+        ),
     )
 
     @property

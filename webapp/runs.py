@@ -7,7 +7,9 @@ from flask import (
     Blueprint,
     Response,
     abort,
+    current_app,
     flash,
+    get_template_attribute,
     redirect,
     render_template,
     request,
@@ -17,15 +19,23 @@ from flask import (
 from flask_login import current_user
 
 from . import ansi, history, launch
+from .catalog import list_playbooks
 from .extensions import db
-from .models import Deployment
+from .models import Deployment, database_time
 
 bp = Blueprint("runs", __name__, url_prefix="/runs")
 
 # How often the event stream looks for new output and status, in seconds.
 STREAM_POLL = 0.2
 # The stream closes after this long; browsers reconnect with Last-Event-ID.
+# NOTE: each open stream holds one server thread, so the Procfile's gunicorn
+# (2 workers of 8 threads) serves at most 16 streaming run pages at once.
 STREAM_MAX_SECONDS = 300
+# Seconds of silence after which the stream sends a comment line.
+STREAM_KEEPALIVE = 15
+# The run page shows at most this many characters of output inline (the
+# newest ones); the download has everything.
+INLINE_OUTPUT_CHARS = 512 * 1024
 
 
 def get_run(run_id):
@@ -37,29 +47,49 @@ def get_run(run_id):
 
 @bp.get("")
 def index():
+    now = database_time()
     try:
-        page = history.query_page(request.args)
+        page = history.query_page(request.args, now=now)
     except history.FilterError as exc:
         flash(str(exc), "danger")
         page = history.Page(rows=[], next_before=None)
-    active = any(row.is_active for row in page.rows)
-    return render_template(
-        "runs/index.html",
-        page=page,
-        args=request.args,
-        active=active,
-        health=history.health,
-    )
+    rq_views = history.rq_states(page.rows)
+    rows = [(run, history.health(run, now), rq_views.get(run.id)) for run in page.rows]
+    args = request.args.copy()
+    partial = args.poplist("partial") == ["rows"]
+    context = {
+        "rows": rows,
+        "page": page,
+        "args": args,
+        "active": any(run.is_active for run in page.rows),
+    }
+    # The page's script fetches the table alone to refresh it.
+    if partial:
+        return render_template("runs/_table.html", **context)
+    playbook_dir = current_app.config["PLAYBOOK_DIR"]
+    context["playbooks"] = [entry.path for entry in list_playbooks(playbook_dir)]
+    context["targets"] = _target_names()
+    return render_template("runs/index.html", **context)
+
+
+def _target_names():
+    targets = current_app.extensions["inventory"].targets()
+    return [entry["name"] for entry in targets["groups"] + targets["hosts"]]
 
 
 @bp.get("/<int:run_id>")
 def detail(run_id):
     run = get_run(run_id)
+    now = database_time()
+    text, truncated = history.output_tail(run_id, INLINE_OUTPUT_CHARS)
     return render_template(
         "runs/detail.html",
         run=run,
-        data=history.detail_dict(run),
-        output=ansi.to_html("".join(history.iter_output(run_id))),
+        health=history.health(run, now),
+        rq=history.rq_state(run),
+        output=ansi.to_html(text),
+        truncated=truncated,
+        inline_limit=INLINE_OUTPUT_CHARS,
         last_chunk=history.last_chunk_id(run_id),
         health=history.health,
     )
@@ -100,6 +130,8 @@ def events(run_id):
 def _event_stream(run_id, after):
     deadline = time.monotonic() + STREAM_MAX_SECONDS
     last_state = None
+    last_sent = time.monotonic()
+    badge = get_template_attribute("_macros.html", "status_badge")
     yield "retry: 1000\n\n"
     while time.monotonic() < deadline:
         db.session.rollback()  # start a fresh read of the database
@@ -109,15 +141,27 @@ def _event_stream(run_id, after):
             after = chunk_id
             payload = json.dumps({"html": str(ansi.to_html(text))})
             yield f"id: {chunk_id}\nevent: output\ndata: {payload}\n\n"
-        state = history.detail_dict(run)
-        state.pop("rq", None)
-        state_key = json.dumps(state, sort_keys=True, default=str)
-        if state_key != last_state:
-            last_state = state_key
-            yield f"event: status\ndata: {state_key}\n\n"
+            last_sent = time.monotonic()
+        state = history.state_dict(run, database_time())
+        state["badge"] = str(badge(run, state["health"]))
+        # Ages change every poll; compare the rest to spot a real change.
+        key = json.dumps(
+            {k: v for k, v in state.items() if k not in ("duration", "health")}
+            | {"stuck": state["health"]["stuck"]},
+            sort_keys=True,
+            default=str,
+        )
+        if key != last_state:
+            last_state = key
+            yield f"event: status\ndata: {json.dumps(state, default=str)}\n\n"
+            last_sent = time.monotonic()
         if not run.is_active and not chunks:
             yield "event: end\ndata: {}\n\n"
             return
+        if time.monotonic() - last_sent > STREAM_KEEPALIVE:
+            # A comment line: lets the server notice a browser that went away.
+            yield ": keepalive\n\n"
+            last_sent = time.monotonic()
         if not chunks:
             time.sleep(STREAM_POLL)
     yield ": reconnect\n\n"
