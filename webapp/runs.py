@@ -91,7 +91,6 @@ def detail(run_id):
         truncated=truncated,
         inline_limit=INLINE_OUTPUT_CHARS,
         last_chunk=history.last_chunk_id(run_id),
-        health=history.health,
     )
 
 
