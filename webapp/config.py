@@ -100,4 +100,6 @@ def load(env=None):
         "REQUEUE_AFTER": _number(env, "REQUEUE_AFTER", 10.0),
         "FAILURE_ALERT_THRESHOLD": _number(env, "FAILURE_ALERT_THRESHOLD", 5, int),
         "OUTPUT_FLUSH_INTERVAL": _number(env, "OUTPUT_FLUSH_INTERVAL", 0.25),
+        # Accept a sixth cron field with seconds in schedules (for tests).
+        "SCHEDULE_SECONDS": env.get("SCHEDULE_SECONDS", "") in ("1", "true", "yes"),
     }
