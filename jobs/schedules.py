@@ -241,7 +241,9 @@ def fire_due(schedule_id, now):
     if not due:
         return []
 
-    rows = _missed_rows(schedule, due[:-1], total - len(due), start > reference)
+    rows = _missed_rows(
+        schedule, due[:-1], total - len(due), start if start > reference else None
+    )
     latest = due[-1]
     claim = _decide(schedule, latest, now)
     rows.append(claim)
@@ -293,22 +295,31 @@ def _occurrence(schedule, at, outcome, reason=None):
     )
 
 
-def _missed_rows(schedule, missed, left_out, cut_at_lookback):
+def _missed_rows(schedule, missed, left_out, lookback_start):
+    """Return missed rows for ``missed``; the oldest also counts what is left out."""
     rows = [
         _occurrence(
             schedule,
             at,
             OccurrenceOutcome.MISSED,
             "not fired on time because no scheduler was running or it fell "
-            "behind; only the latest overdue occurrence runs",
+            "behind. Only the latest overdue occurrence runs.",
         )
         for at in missed
     ]
-    if rows and (left_out or cut_at_lookback):
-        more = f"{left_out}" if not cut_at_lookback else f"at least {left_out}"
+    if rows and left_out:
         rows[
             0
-        ].reason += f"; {more} earlier occurrence(s) were missed too and are not listed"
+        ].reason += (
+            f" {left_out} earlier occurrence(s) were missed too and are not listed."
+        )
+    if rows and lookback_start:
+        rows[
+            0
+        ].reason += (
+            f" Occurrences before {lookback_start.isoformat()} were not counted."
+        )
+    return rows
     return rows
 
 

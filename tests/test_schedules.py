@@ -212,6 +212,41 @@ def test_fire_due_missed_runs_latest_once(app):
     assert occurrences(app, schedule_id)[-1][3] == runs[0].id
 
 
+def test_fire_due_summarizes_long_downtime(app):
+    now = utc(2026, 6, 1, 12, 0, 30)
+    schedule_id = add_schedule(
+        app, cron="* * * * *", active_since=now - timedelta(hours=3)
+    )
+
+    rows = fire(app, schedule_id, now)
+
+    assert len(rows) == firing.MAX_MISSED_ROWS + 1
+    assert rows[-1] == (utc(2026, 6, 1, 12), "started")
+    oldest = occurrences(app, schedule_id)[0]
+    assert oldest[0] == utc(2026, 6, 1, 11, 10)
+    assert "129 earlier occurrence(s)" in oldest[2]
+    assert len(runs_of(app, schedule_id)) == 1
+
+
+def test_fire_schedule_job_on_worker(app, redis_client):
+    # A trigger job that reaches a worker fires like the scheduler would.
+    schedule_id = add_schedule(
+        app, cron="* * * * *", active_since=utcnow() - timedelta(minutes=2)
+    )
+
+    with app.app_context():
+        firing.fire_schedule(schedule_id)
+        firing.fire_schedule(schedule_id)
+
+    outcomes = [row[1] for row in occurrences(app, schedule_id)]
+    assert outcomes[-1] == "started"
+    assert len(runs_of(app, schedule_id)) == 1
+    score = redis_client.zscore(
+        "rq:scheduler:scheduled_jobs", firing.job_id(schedule_id)
+    )
+    assert score > utcnow().timestamp()
+
+
 def test_fire_due_beyond_grace_records_all_missed(app):
     now = utc(2026, 6, 1, 12, 20)
     schedule_id = add_schedule(
