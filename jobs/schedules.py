@@ -3,7 +3,7 @@
 rq-scheduler contains one job per active schedule (id ``schedule-<id>``), due at
 the schedule's next unrecorded occurrence. The scheduler process runs that
 job itself instead of queueing it (see scheduler.py), so a busy worker never
-delays the decision: ``fire_due`` records each due occurrence in SQL and
+delays the decision. ``fire_due`` records each due occurrence in SQL and
 launches the run through webapp.launch, which queues the playbook job on
 the normal queue. A unique row per schedule and occurrence time decides who
 fires, so a second scheduler process, a stale rq-scheduler job or a retry

@@ -110,12 +110,16 @@ def test_occurrences_strictly_increase_over_a_year():
 def test_due_between_keeps_latest_and_counts_all():
     expression = cron.normalize("*/10 * * * *")
 
-    kept, total = cron.due_between(
+    latest, total = cron.due_between(
         expression, cron.parse_zone("UTC"), utc(2026, 1, 1), utc(2026, 1, 1, 2), 3
     )
 
     assert total == 12
-    assert kept == [utc(2026, 1, 1, 1, 40), utc(2026, 1, 1, 1, 50), utc(2026, 1, 1, 2)]
+    assert latest == [
+        utc(2026, 1, 1, 1, 40),
+        utc(2026, 1, 1, 1, 50),
+        utc(2026, 1, 1, 2),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -571,6 +575,8 @@ def test_schedule_due_soon_fires_once_and_succeeds(app, client, processes):
     assert len(runs_of(app, schedule["id"])) == 1
     listed = client.get("/api/deployments?trigger=schedule").get_json()
     assert [d["id"] for d in listed["deployments"]] == [run["id"]]
+    page = client.get(f"/runs/{run['id']}").get_data(as_text=True)
+    assert f'href="/schedules/{schedule["id"]}"' in page
 
 
 def test_two_schedulers_fire_each_occurrence_once(app, client, processes):
@@ -688,10 +694,12 @@ def test_missed_while_down_runs_latest_once(app, client, processes, redis_client
     # for the last three hours.
     now = utcnow()
     minute = (now - timedelta(minutes=10)).minute
-    kept = create(client, name="kept", cron=f"{minute} * * * *")
-    dropped = create(client, name="dropped", cron=f"{minute} * * * *", missed_grace=300)
+    within = create(client, name="within grace", cron=f"{minute} * * * *")
+    beyond = create(
+        client, name="beyond grace", cron=f"{minute} * * * *", missed_grace=300
+    )
     with app.app_context():
-        for schedule_id in (kept["id"], dropped["id"]):
+        for schedule_id in (within["id"], beyond["id"]):
             db.session.get(Schedule, schedule_id).active_since = now - timedelta(
                 hours=3
             )
@@ -699,15 +707,15 @@ def test_missed_while_down_runs_latest_once(app, client, processes, redis_client
 
     processes.scheduler()
 
-    kept_rows = wait_for(lambda: history(client, kept["id"]), 30, 0.2, "catch-up")
-    dropped_rows = wait_for(lambda: history(client, dropped["id"]), 30, 0.2, "misses")
+    within_rows = wait_for(lambda: history(client, within["id"]), 30, 0.2, "catch-up")
+    beyond_rows = wait_for(lambda: history(client, beyond["id"]), 30, 0.2, "misses")
     time.sleep(2)
-    kept_rows = history(client, kept["id"])
-    assert [r["outcome"] for r in kept_rows] == ["started", "missed", "missed"]
-    assert len(runs_of(app, kept["id"])) == 1
-    assert [r["outcome"] for r in dropped_rows] == ["missed"] * 3
-    assert "grace of 300 s" in dropped_rows[0]["reason"]
-    assert runs_of(app, dropped["id"]) == []
+    within_rows = history(client, within["id"])
+    assert [r["outcome"] for r in within_rows] == ["started", "missed", "missed"]
+    assert len(runs_of(app, within["id"])) == 1
+    assert [r["outcome"] for r in beyond_rows] == ["missed"] * 3
+    assert "grace of 300 s" in beyond_rows[0]["reason"]
+    assert runs_of(app, beyond["id"]) == []
 
     # With no worker the run waits in the normal queue, which rq info lists.
     info = subprocess.run(

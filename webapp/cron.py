@@ -15,6 +15,7 @@ Daylight-saving rules follow Vixie cron:
   both instances run.
 """
 
+from collections import deque
 from datetime import UTC, datetime, timedelta
 from heapq import heappop, heappush
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
@@ -190,13 +191,11 @@ def due_between(expression, zone, after, until, limit):
     At most the ``limit`` latest instants are returned; the count includes
     the ones left out.
     """
-    kept = []
+    latest = deque(maxlen=limit)
     total = 0
     for instant in occurrences(expression, zone, after):
         if instant > until:
             break
         total += 1
-        kept.append(instant)
-        if len(kept) > limit:
-            kept.pop(0)
-    return kept, total
+        latest.append(instant)
+    return list(latest), total

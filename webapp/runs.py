@@ -58,6 +58,7 @@ def detail(run_id):
         "runs/detail.html",
         run=run,
         data=history.detail_dict(run),
+        health=history.health,
         output=ansi.to_html("".join(history.iter_output(run_id))),
         last_chunk=history.last_chunk_id(run_id),
     )
