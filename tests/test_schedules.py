@@ -380,6 +380,8 @@ def count_schedules(app):
         ({"cron": "61 * * * *"}, "cron", "'61 * * * *'"),
         ({"cron": "* * * *"}, "cron", "expected 5 fields"),
         ({"cron": None}, "cron", "required"),
+        ({"cron": ["* * * * *"]}, "cron", "['* * * * *']"),
+        ({"timezone": 5}, "timezone", "Invalid time zone 5"),
         ({"timezone": "Mars/Olympus"}, "timezone", "'Mars/Olympus'"),
         ({"timezone": "../../etc/passwd"}, "timezone", "'../../etc/passwd'"),
         ({"playbook": "nope.yml"}, "playbook", "'nope.yml'"),

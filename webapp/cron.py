@@ -17,6 +17,7 @@ Daylight-saving rules follow Vixie cron:
 
 from collections import deque
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from heapq import heappop, heappush
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
@@ -45,20 +46,36 @@ class CronError(ValueError):
         self.value = value
 
 
+@lru_cache(maxsize=1)
+def _zone_names():
+    # available_timezones() reads the tz database folder on every call.
+    return available_timezones()
+
+
 def parse_zone(name):
     """Return the ZoneInfo for an IANA name such as ``Europe/Berlin``.
 
     Raises CronError naming the value when the zone is unknown.
     """
-    if not isinstance(name, str) or not name.strip():
+    if name is not None and not isinstance(name, str):
+        raise CronError(
+            f"Invalid time zone {name!r}: give an IANA name such as 'Europe/Berlin'.",
+            "timezone",
+            name,
+        )
+    if not name or not name.strip():
         raise CronError(
             "A time zone is required: an IANA name such as 'UTC' or 'Europe/Berlin'.",
             "timezone",
             name,
         )
-    name = name.strip()
+    return _load_zone(name.strip())
+
+
+@lru_cache(maxsize=512)
+def _load_zone(name):
     # ZoneInfo also opens file paths; accept only names the tz database lists.
-    if name not in available_timezones():
+    if name not in _zone_names():
         raise CronError(
             f"Unknown time zone {name!r}: use an IANA name such as 'UTC', "
             "'Europe/Berlin' or 'America/New_York'.",
@@ -80,13 +97,24 @@ def normalize(expression, allow_seconds=False):
     of week) or an alias such as ``@daily``. With ``allow_seconds`` a sixth
     field gives the seconds. Raises CronError naming the value otherwise.
     """
-    if not isinstance(expression, str) or not expression.strip():
+    if expression is not None and not isinstance(expression, str):
+        raise CronError(
+            f"Invalid cron expression {expression!r}: give text such as '0 3 * * 0'.",
+            "cron",
+            expression,
+        )
+    if not expression or not expression.strip():
         raise CronError(
             "A cron expression is required, for example '0 3 * * 0' "
             "(Sundays at 03:00).",
             "cron",
             expression,
         )
+    return _normalize_text(expression, bool(allow_seconds))
+
+
+@lru_cache(maxsize=512)
+def _normalize_text(expression, allow_seconds):
     text = " ".join(expression.split())
     text = ALIASES.get(text.lower(), text)
     fields = text.split(" ")
