@@ -10,8 +10,10 @@ import time
 
 from rq_scheduler import Scheduler
 
+from jobs import schedules
 from jobs.sweep import sweep
 from webapp import create_app
+from webapp.catalog import CatalogError
 from webapp.extensions import db
 from webapp.redis_conn import connect, get_queue
 from worker import wait_for_redis
@@ -20,7 +22,7 @@ logger = logging.getLogger("scheduler")
 
 
 class SweepingScheduler(Scheduler):
-    """rq-scheduler whose loop also runs Shepherd's sweep."""
+    """rq-scheduler whose loop also runs Shepherd's sweep and fires schedules."""
 
     def __init__(self, *args, app, **kwargs):
         super().__init__(*args, **kwargs)
@@ -29,11 +31,22 @@ class SweepingScheduler(Scheduler):
         self.next_sweep = 0.0
 
     def enqueue_jobs(self):
+        self.sync_schedules()
         jobs = super().enqueue_jobs()
         if time.monotonic() >= self.next_sweep:
             self.next_sweep = time.monotonic() + self.sweep_every
             self.run_sweep()
         return jobs
+
+    def enqueue_job(self, job):
+        # A schedule's trigger runs here rather than on a worker, so a busy
+        # worker never delays it; it queues the playbook job itself.
+        if job.func_name != schedules.FIRE_FUNC:
+            return super().enqueue_job(job)
+        try:
+            schedules.handle_due(self.connection, self.app.config, job.args[0])
+        finally:
+            db.session.remove()
 
     def run_sweep(self):
         try:
@@ -42,6 +55,16 @@ class SweepingScheduler(Scheduler):
             logger.exception(
                 "scheduler: sweep failed; retrying in %s s", self.sweep_every
             )
+        finally:
+            db.session.remove()
+
+    def sync_schedules(self):
+        # Reload schedules from SQL on every loop, so a Redis restart or flush
+        # delays no occurrence by more than one loop.
+        try:
+            schedules.sync(self.connection, self.app.config)
+        except Exception:
+            logger.exception("scheduler: loading schedules failed; retrying")
         finally:
             db.session.remove()
 
@@ -55,6 +78,11 @@ def main():
     connection = connect(config["REDIS_URL"])
     wait_for_redis(connection, config["REDIS_URL"])
     app.app_context().push()
+    # Read the inventory now, so the first scheduled run does not wait for it.
+    try:
+        app.extensions["inventory"].data()
+    except CatalogError as exc:
+        logger.warning("scheduler: %s; scheduled runs will fail until fixed", exc)
 
     # Start-up reconciliation: one sweep before anything else.
     counts = sweep(connection, get_queue(config, connection))

@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
     select,
 )
 from sqlalchemy.ext.compiler import compiles
@@ -241,6 +242,116 @@ class OutputChunk(db.Model):
     __table_args__ = (Index("ix_output_chunks_run_id", "deployment_id", "id"),)
 
 
+class ScheduleOverlap(str, enum.Enum):
+    """The policy for an occurrence that comes due while the previous run is active."""
+
+    SKIP = "skip"
+    ALLOW = "allow"
+
+
+class OccurrenceOutcome(str, enum.Enum):
+    STARTED = "started"
+    SKIPPED = "skipped"
+    MISSED = "missed"
+    FAILED = "failed"
+
+
+class Schedule(db.Model):
+    """A recurring run: a playbook on a target at the times of a cron expression.
+
+    SQL is the record; the scheduler loads these rows into rq-scheduler.
+    """
+
+    __tablename__ = "schedules"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    playbook: Mapped[str] = mapped_column(String(255))
+    target: Mapped[str] = mapped_column(String(255))
+    extra_vars: Mapped[dict] = mapped_column(JSON, default=dict)
+    cron: Mapped[str] = mapped_column(String(255))
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    # Seconds; None uses the playbook's timeout or DEFAULT_JOB_TIMEOUT.
+    timeout: Mapped[int | None] = mapped_column(Integer)
+    overlap: Mapped[str] = mapped_column(String(16), default=ScheduleOverlap.SKIP.value)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Seconds: after downtime the latest missed occurrence still runs if it is
+    # at most this late.
+    missed_grace: Mapped[int] = mapped_column(Integer, default=3600)
+    # Bumped on every change, so the scheduler can tell a stale rq-scheduler job.
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    # Occurrences at or before this time are never run nor recorded as missed:
+    # set on creation, on resume and when the cron expression or zone changes.
+    active_since: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(255), default="anonymous")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    @property
+    def trigger(self):
+        """The ``trigger`` value of the runs this schedule creates."""
+        return f"schedule:{self.id}"
+
+    def to_dict(self):
+        return {
+            "id": self.id,
+            "name": self.name,
+            "playbook": self.playbook,
+            "target": self.target,
+            "extra_vars": self.extra_vars,
+            "cron": self.cron,
+            "timezone": self.timezone,
+            "timeout": self.timeout,
+            "overlap": self.overlap,
+            "paused": self.paused,
+            "missed_grace": self.missed_grace,
+            "version": self.version,
+            "active_since": _iso(self.active_since),
+            "created_by": self.created_by,
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+        }
+
+
+class ScheduleOccurrence(db.Model):
+    """One due time of a schedule and what became of it.
+
+    The unique (schedule, time) pair is what makes an occurrence fire once,
+    however many scheduler processes see it come due.
+    """
+
+    __tablename__ = "schedule_occurrences"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    schedule_id: Mapped[int] = mapped_column(
+        ForeignKey("schedules.id", ondelete="CASCADE")
+    )
+    occurs_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    outcome: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    deployment_id: Mapped[int | None] = mapped_column(
+        ForeignKey("deployments.id", ondelete="SET NULL")
+    )
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    recorded_by: Mapped[str | None] = mapped_column(String(255))
+
+    __table_args__ = (
+        UniqueConstraint("schedule_id", "occurs_at", name="uq_schedule_occurrence"),
+    )
+
+    def to_dict(self):
+        return {
+            "id": self.id,
+            "schedule_id": self.schedule_id,
+            "occurs_at": _iso(self.occurs_at),
+            "outcome": self.outcome,
+            "reason": self.reason,
+            "deployment_id": self.deployment_id,
+            "recorded_at": _iso(self.recorded_at),
+            "recorded_by": self.recorded_by,
+        }
+
+
 def _iso(value):
     return value.isoformat() if value else None
 
@@ -358,10 +469,14 @@ __all__ = [
     "ApiToken",
     "AuditEvent",
     "Deployment",
+    "OccurrenceOutcome",
     "OutputChunk",
     "Role",
     "RunStatus",
     "User",
+    "Schedule",
+    "ScheduleOccurrence",
+    "ScheduleOverlap",
     "database_time",
     "db_now",
     "utcnow",

@@ -55,6 +55,18 @@ POLICY = {
     "api.relaunch_deployment": "relaunch",
     "audit.index": "audit",
     "audit.api_list": "audit",
+    "schedules.index": "view",
+    "schedules.detail": "view",
+    "schedules.new": "schedules",
+    "schedules.edit": "schedules",
+    "schedules.pause": "schedules",
+    "schedules.resume": "schedules",
+    "schedules.delete": "schedules",
+    "schedules_api.api_list": "view",
+    "schedules_api.api_get": "view",
+    "schedules_api.api_create": "schedules",
+    "schedules_api.api_update": "schedules",
+    "schedules_api.api_delete": "schedules",
 }
 
 csrf = CSRFProtect()

@@ -131,3 +131,9 @@
     window.history.replaceState(null, "", url);
   }
 })();
+
+// Forms with data-confirm ask before they submit (no inline handlers: the CSP forbids them).
+document.addEventListener("submit", function (event) {
+  const form = event.target.closest("form[data-confirm]");
+  if (form && !window.confirm(form.dataset.confirm)) event.preventDefault();
+});
