@@ -14,9 +14,13 @@ from jobs.sweep import sweep
 from webapp import create_app
 from webapp.extensions import db
 from webapp.redis_conn import connect, get_queue
+from webapp.retention import housekeeping
 from worker import wait_for_redis
 
 logger = logging.getLogger("scheduler")
+
+# Seconds between artifact cleanups; the prune itself runs once a PRUNE_INTERVAL.
+HOUSEKEEPING_INTERVAL = 60.0
 
 
 class SweepingScheduler(Scheduler):
@@ -27,13 +31,28 @@ class SweepingScheduler(Scheduler):
         self.app = app
         self.sweep_every = app.config["SWEEP_INTERVAL"]
         self.next_sweep = 0.0
+        self.next_housekeeping = 0.0
 
     def enqueue_jobs(self):
         jobs = super().enqueue_jobs()
         if time.monotonic() >= self.next_sweep:
             self.next_sweep = time.monotonic() + self.sweep_every
             self.run_sweep()
+        if time.monotonic() >= self.next_housekeeping:
+            self.next_housekeeping = time.monotonic() + HOUSEKEEPING_INTERVAL
+            self.run_housekeeping()
         return jobs
+
+    def run_housekeeping(self):
+        try:
+            housekeeping(self.connection, self.app.config)
+        except Exception:
+            logger.exception(
+                "scheduler: retention housekeeping failed; retrying in %s s",
+                HOUSEKEEPING_INTERVAL,
+            )
+        finally:
+            db.session.remove()
 
     def run_sweep(self):
         try:

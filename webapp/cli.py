@@ -11,7 +11,10 @@ from .models import Deployment, RunStatus, database_time
 
 
 def register(app):
+    from .retention import prune_command
+
     app.cli.add_command(cleanup_stuck_deployments_command)
+    app.cli.add_command(prune_command)
 
 
 @click.command("cleanup-stuck-deployments")
