@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 from flask import current_app
+from flask.cli import with_appcontext
 from sqlalchemy import delete, func, select
 
 from .config import ConfigError, parse_age
@@ -140,6 +141,7 @@ def housekeeping(connection, config):
 
 
 @click.command("prune")
+@with_appcontext
 @click.option(
     "--older-than",
     "older_than",
