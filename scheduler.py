@@ -8,12 +8,14 @@ import logging
 import os
 import time
 
+from redis.exceptions import RedisError
+from rq.scheduler import RQScheduler
 from rq_scheduler import Scheduler
 
 from jobs.sweep import sweep
 from webapp import create_app
 from webapp.extensions import db
-from webapp.redis_conn import connect, get_queue
+from webapp.redis_conn import connect, get_notify_queue, get_queue
 from webapp.retention import housekeeping
 from worker import wait_for_redis
 
@@ -32,9 +34,13 @@ class SweepingScheduler(Scheduler):
         self.sweep_every = app.config["SWEEP_INTERVAL"]
         self.next_sweep = 0.0
         self.next_housekeeping = 0.0
+        self.retry_scheduler = RQScheduler(
+            [get_notify_queue(app.config, self.connection)], self.connection
+        )
 
     def enqueue_jobs(self):
         jobs = super().enqueue_jobs()
+        self.enqueue_retries()
         if time.monotonic() >= self.next_sweep:
             self.next_sweep = time.monotonic() + self.sweep_every
             self.run_sweep()
@@ -42,6 +48,19 @@ class SweepingScheduler(Scheduler):
             self.next_housekeeping = time.monotonic() + HOUSEKEEPING_INTERVAL
             self.run_housekeeping()
         return jobs
+
+    def enqueue_retries(self):
+        """Move notification deliveries whose retry time has come back onto their queue.
+
+        rq.Retry with intervals parks failed jobs in RQ's scheduled registry;
+        the scheduler of an RQ worker would move them, but Shepherd's workers
+        run none (it would be one more child process beside the work horse).
+        """
+        try:
+            if self.retry_scheduler.acquire_locks():
+                self.retry_scheduler.enqueue_scheduled_jobs()
+        except RedisError:
+            logger.exception("scheduler: could not enqueue notification retries")
 
     def run_housekeeping(self):
         try:

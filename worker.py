@@ -103,11 +103,8 @@ def main():
         config["HOSTNAME"],
         config["QUEUE_NAME"],
     )
-    # RQ's own scheduler moves notification retries back onto the queue.
     worker.work(
-        burst=args.burst,
-        logging_level=logging.getLevelName(logging.getLogger().level),
-        with_scheduler=True,
+        burst=args.burst, logging_level=logging.getLevelName(logging.getLogger().level)
     )
 
 

@@ -172,6 +172,8 @@ def test_failed_delivery_recorded_after_retries(notify_env, monkeypatch, process
         db.create_all()
     client = app.test_client()
     processes.worker()
+    # The scheduler puts each retry back on the queue when its interval is over.
+    processes.scheduler()
 
     run = launch(client, "fail.yml")
     ended = wait_status(client, run["id"], "failed")
