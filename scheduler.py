@@ -52,9 +52,9 @@ class SweepingScheduler(Scheduler):
     def enqueue_retries(self):
         """Move notification deliveries whose retry time has come back onto their queue.
 
-        rq.Retry with intervals parks failed jobs in RQ's scheduled registry;
-        the scheduler of an RQ worker would move them, but Shepherd's workers
-        run none (it would be one more child process beside the work horse).
+        rq.Retry with intervals parks failed jobs in RQ's scheduled registry.
+        Shepherd's workers run no RQ scheduler, because it would be one more
+        child process beside the work horse, so this loop moves them.
         """
         try:
             if self.retry_scheduler.acquire_locks():

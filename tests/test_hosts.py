@@ -1,9 +1,9 @@
 """Several hosts on one Redis and one database, simulated by SHEPHERD_HOSTNAME.
 
-Two workers with different host identities share the queue; one host then
-disappears (worker and work horse SIGKILLed) and a scheduler of a third host
-ends its run through the stale heartbeat rule, without touching processes
-that belong to another host.
+Two workers with different host identities share the queue. Then one host
+disappears (worker and work horse SIGKILLed). A scheduler of a third host
+ends its run through the stale heartbeat rule and leaves the processes of
+other hosts alone.
 """
 
 import os
