@@ -276,6 +276,8 @@ def deliver_notification(delivery_id):
     attempt and the job raises, so RQ retries it; after the last retry the
     row is marked failed.
     """
+    # The work horse is forked from a worker that holds pooled connections.
+    db.engine.dispose(close=False)
     delivery = db.session.get(NotificationDelivery, delivery_id)
     if delivery is None or delivery.status == "sent":
         return delivery.status if delivery else None
