@@ -324,3 +324,22 @@ def test_notification_error_never_blocks_finish(notify_env, app, monkeypatch):
         rows = db.session.scalars(select(NotificationDelivery)).all()
     assert {r.status for r in rows} == {"failed"}
     assert all("nonexistent" in r.error for r in rows)
+
+
+def test_notifications_page_lists_deliveries(notify_env, app, client, redis_client):
+    with app.app_context():
+        run_id = make_run()
+        state.finish(run_id, "failed", "boom <b>", decided_by="worker")
+        row = db.session.scalars(select(NotificationDelivery)).first()
+        row.status = "failed"
+        row.error = "URLError: <refused>"
+        db.session.commit()
+
+    response = client.get("/notifications")
+
+    assert response.status_code == 200
+    page = response.get_data(as_text=True)
+    assert "run_failed" in page
+    assert f"/runs/{run_id}" in page
+    assert "URLError: &lt;refused&gt;" in page
+    assert "ops@example.org" in page

@@ -8,7 +8,14 @@ answers and no multiprocess directory is needed.
 import json
 import time
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    jsonify,
+    render_template,
+    request,
+)
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -234,12 +241,25 @@ def healthz():
     return jsonify(body), 503 if failing else 200
 
 
-@bp.get("/api/notifications")
-def notification_deliveries():
-    """List recent notification deliveries, newest first (``?status=failed`` filters)."""
+def _recent_deliveries():
     query = select(NotificationDelivery).order_by(NotificationDelivery.id.desc())
     status = request.args.get("status")
     if status:
         query = query.where(NotificationDelivery.status == status)
-    rows = db.session.scalars(query.limit(200)).all()
+    return db.session.scalars(query.limit(200)).all()
+
+
+@bp.get("/api/notifications")
+def notification_deliveries():
+    """List recent notification deliveries, newest first (``?status=failed`` filters)."""
+    rows = _recent_deliveries()
     return jsonify({"deliveries": [row.to_dict() for row in rows]})
+
+
+@bp.get("/notifications")
+def notifications_page():
+    return render_template(
+        "monitoring/notifications.html",
+        deliveries=_recent_deliveries(),
+        retries=len(current_app.config["NOTIFY_RETRY_INTERVALS"]),
+    )
