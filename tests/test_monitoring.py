@@ -1,10 +1,16 @@
 """Monitoring endpoints: /metrics in Prometheus text format and /healthz."""
 
 import json
+import os
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 from datetime import timedelta
+from pathlib import Path
 
-from conftest import wait_for
+from conftest import ROOT, free_port, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from jobs.sweep import LAST_SWEEP_KEY
@@ -166,3 +172,50 @@ def test_healthz_names_redis_down(shepherd_env, monkeypatch):
     assert "nonexistent" in body["checks"]["redis"]["error"]
     with app.app_context():
         db.engine.dispose()
+
+
+def test_metrics_under_gunicorn_workers(app, shepherd_env, tmp_path):
+    with app.app_context():
+        for _ in range(3):
+            add_run("failed", "fail.yml", duration=2)
+    port = free_port()
+    log = open(tmp_path / "gunicorn.log", "wb")
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "gunicorn"),
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "2",
+            "webapp:create_app()",
+        ],
+        cwd=ROOT,
+        env={**os.environ, **shepherd_env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for(lambda: _get(port, "/healthz"), 60, message="gunicorn to answer")
+
+        bodies = [_get(port, "/metrics") for _ in range(12)]
+    finally:
+        server.terminate()
+        server.wait(30)
+        log.close()
+
+    line = 'shepherd_runs{playbook="fail.yml",status="failed"} 3.0'
+    assert all(line in body for body in bodies)
+    assert all(
+        'shepherd_run_duration_seconds_count{playbook="fail.yml"} 3.0' in body
+        for body in bodies
+    )
+
+
+def _get(port, path):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.read().decode()
+    except OSError:
+        return None
