@@ -34,7 +34,6 @@ from flask import current_app
 from redis.exceptions import RedisError
 from rq import Retry, get_current_job
 from sqlalchemy import func, select
-from sqlalchemy.exc import SQLAlchemyError
 
 from webapp.extensions import db
 from webapp.models import (
@@ -93,8 +92,11 @@ def load_routes(config):
     path = config["NOTIFY_ROUTES"]
     if not path:
         return routes
-    with open(path) as handle:
-        entries = yaml.safe_load(handle) or []
+    try:
+        with open(path) as handle:
+            entries = yaml.safe_load(handle) or []
+    except (OSError, yaml.YAMLError) as exc:
+        raise NotifyError(f"NOTIFY_ROUTES file {path!r} cannot be read: {exc}") from exc
     if not isinstance(entries, list):
         raise NotifyError(f"NOTIFY_ROUTES file {path!r} must contain a YAML list.")
     for number, entry in enumerate(entries, 1):
@@ -150,7 +152,9 @@ def run_ended(run_id, status):
         if event in RUN_EVENTS.values():
             sent += check_failure_threshold()
         return sent
-    except (SQLAlchemyError, RedisError, OSError, NotifyError):
+    except Exception:
+        # Broad on purpose: the run has ended already, and an error here must
+        # not reach the worker, sweep or request that ended it.
         db.session.rollback()
         logger.exception("run %s: could not enqueue %s notifications", run_id, event)
         return 0
@@ -395,7 +399,8 @@ def notify_stuck_runs(config):
         return sum(
             run_stuck(run, (now - run.started_at).total_seconds()) for run in runs
         )
-    except (SQLAlchemyError, RedisError, OSError, NotifyError):
+    except Exception:
+        # Broad on purpose: a notification error must not stop the sweep.
         db.session.rollback()
         logger.exception("notify: could not notify about stuck runs")
         return 0

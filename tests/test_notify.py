@@ -234,6 +234,7 @@ def test_routes_file_per_playbook_slack(
     ("text", "message"),
     [
         ("{a: 1}", "must contain a YAML list"),
+        ("- [unclosed", "cannot be read"),
         ("- webhook: http://127.0.0.1:1/\n  events: [nope]", "unknown events"),
         ("- playbooks: [x.yml]", "neither a webhook nor an email"),
         ("- webhook: http://127.0.0.1:1/\n  format: xml", "use json or slack"),
