@@ -8,6 +8,8 @@ import logging
 import os
 import time
 
+from redis.exceptions import RedisError
+from rq.scheduler import RQScheduler
 from rq_scheduler import Scheduler
 
 from jobs import schedules
@@ -15,10 +17,14 @@ from jobs.sweep import sweep
 from webapp import create_app
 from webapp.catalog import CatalogError
 from webapp.extensions import db
-from webapp.redis_conn import connect, get_queue
+from webapp.redis_conn import connect, get_notify_queue, get_queue
+from webapp.retention import housekeeping
 from worker import wait_for_redis
 
 logger = logging.getLogger("scheduler")
+
+# Seconds between artifact cleanups; the prune itself runs once a PRUNE_INTERVAL.
+HOUSEKEEPING_INTERVAL = 60.0
 
 
 class SweepingScheduler(Scheduler):
@@ -29,13 +35,21 @@ class SweepingScheduler(Scheduler):
         self.app = app
         self.sweep_every = app.config["SWEEP_INTERVAL"]
         self.next_sweep = 0.0
+        self.next_housekeeping = 0.0
+        self.retry_scheduler = RQScheduler(
+            [get_notify_queue(app.config, self.connection)], self.connection
+        )
 
     def enqueue_jobs(self):
         self.sync_schedules()
         jobs = super().enqueue_jobs()
+        self.enqueue_retries()
         if time.monotonic() >= self.next_sweep:
             self.next_sweep = time.monotonic() + self.sweep_every
             self.run_sweep()
+        if time.monotonic() >= self.next_housekeeping:
+            self.next_housekeeping = time.monotonic() + HOUSEKEEPING_INTERVAL
+            self.run_housekeeping()
         return jobs
 
     def enqueue_job(self, job):
@@ -45,6 +59,30 @@ class SweepingScheduler(Scheduler):
             return super().enqueue_job(job)
         try:
             schedules.handle_due(self.connection, self.app.config, job.args[0])
+        finally:
+            db.session.remove()
+
+    def enqueue_retries(self):
+        """Move notification deliveries whose retry time has come back onto their queue.
+
+        rq.Retry with intervals parks failed jobs in RQ's scheduled registry.
+        Shepherd's workers run no RQ scheduler, because it would be one more
+        child process beside the work horse, so this loop moves them.
+        """
+        try:
+            if self.retry_scheduler.acquire_locks():
+                self.retry_scheduler.enqueue_scheduled_jobs()
+        except RedisError:
+            logger.exception("scheduler: could not enqueue notification retries")
+
+    def run_housekeeping(self):
+        try:
+            housekeeping(self.connection, self.app.config)
+        except Exception:
+            logger.exception(
+                "scheduler: retention housekeeping failed; retrying in %s s",
+                HOUSEKEEPING_INTERVAL,
+            )
         finally:
             db.session.remove()
 

@@ -15,9 +15,13 @@ from jobs.handlers import RunWorker
 from jobs.sweep import reap_host
 from webapp import create_app
 from webapp.extensions import db
-from webapp.redis_conn import connect, get_queue
+from webapp.redis_conn import connect, get_notify_queue, get_queue
+from webapp.retention import clean_artifacts
 
 logger = logging.getLogger("worker")
+
+# Seconds between deletions of the artifact folders of long-ended runs.
+ARTIFACT_CLEANUP_INTERVAL = 60.0
 
 
 def wait_for_redis(connection, url, timeout=30.0):
@@ -38,12 +42,17 @@ def wait_for_redis(connection, url, timeout=30.0):
 
 def reap_forever(app, interval):
     """Run the host-local sweep every ``interval`` seconds in a daemon thread."""
+    next_cleanup = 0.0
     with app.app_context():
         while True:
             time.sleep(interval)
             try:
                 reap_host(app.config["HOSTNAME"])
                 reap_host(app.config["HOSTNAME"], finalize=False)
+                # Artifact folders live on the host that ran the playbook.
+                if time.monotonic() >= next_cleanup:
+                    next_cleanup = time.monotonic() + ARTIFACT_CLEANUP_INTERVAL
+                    clean_artifacts(app.config)
             except Exception:
                 logger.exception(
                     "worker: host sweep failed; retrying in %s s", interval
@@ -82,8 +91,9 @@ def main():
         daemon=True,
     ).start()
 
+    # Notifications first: a delivery is short and should not wait for runs.
     worker = RunWorker(
-        [get_queue(config, connection)],
+        [get_notify_queue(config, connection), get_queue(config, connection)],
         connection=connection,
         name=args.name,
     )

@@ -28,6 +28,8 @@ from webapp.models import (
     db_now,
 )
 
+from . import notify
+
 logger = logging.getLogger(__name__)
 
 ACTIVE = [s.value for s in ACTIVE_STATUSES]
@@ -173,6 +175,8 @@ def finish(
     if won:
         log = logger.info if decided_by == "worker" else logger.warning
         log("run %s: -> %s by %s: %s", run_id, status.value, decided_by, reason or "ok")
+        # Only the winner gets here, so each ending notifies exactly once.
+        notify.run_ended(run_id, status)
     else:
         logger.info(
             "run %s: %s by %s ignored, the run already ended",

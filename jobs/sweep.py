@@ -20,7 +20,7 @@ from sqlalchemy import select
 from webapp.extensions import db
 from webapp.models import Deployment, RunStatus, database_time
 
-from . import handlers, process, queueing, state
+from . import handlers, notify, process, queueing, state
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ def sweep(connection, queue):
     counts["orphans_killed"] = reap_host(config["HOSTNAME"], finalize=False)[
         "orphans_killed"
     ]
+    counts["stuck_notified"] = notify.notify_stuck_runs(config)
     counts["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
     connection.set(
         LAST_SWEEP_KEY,

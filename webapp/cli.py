@@ -13,10 +13,12 @@ from .models import Deployment, RunStatus, database_time
 
 def register(app):
     from .account_cli import tokens_command, users_command
+    from .retention import prune_command
 
     app.cli.add_command(cleanup_stuck_deployments_command)
     app.cli.add_command(users_command)
     app.cli.add_command(tokens_command)
+    app.cli.add_command(prune_command)
 
 
 @click.command("cleanup-stuck-deployments")

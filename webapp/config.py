@@ -67,6 +67,95 @@ def _secret_key(instance_dir):
     return path.read_text().strip()
 
 
+AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_age(raw, name="--older-than"):
+    """Return the seconds in an age such as ``90d``, ``12h``, ``30m`` or ``45s``.
+
+    A bare number is days. Raises ConfigError naming ``name`` when invalid.
+    """
+    text = str(raw).strip().lower()
+    unit = text[-1:] if text[-1:] in AGE_UNITS else "d"
+    number = text[:-1] if text[-1:] in AGE_UNITS else text
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1
+    if value <= 0:
+        raise ConfigError(
+            f"{name}={raw!r} is not a valid age. Give a positive number with a "
+            "unit s, m, h, d or w, for example 90d."
+        )
+    return value * AGE_UNITS[unit]
+
+
+def _list(env, name):
+    return [item.strip() for item in (env.get(name) or "").split(",") if item.strip()]
+
+
+def _retry_intervals(env):
+    raw = env.get("NOTIFY_RETRY_INTERVALS") or "10,60,300"
+    try:
+        intervals = [int(item) for item in raw.split(",") if item.strip()]
+    except ValueError:
+        intervals = []
+    if not intervals or any(i < 0 for i in intervals):
+        raise ConfigError(
+            f"NOTIFY_RETRY_INTERVALS={raw!r} is invalid. Give whole seconds "
+            "between delivery attempts, separated by commas, for example 10,60,300."
+        )
+    return intervals
+
+
+def _notification_settings(env):
+    """Return the settings of webhook and email notifications (see jobs.notify)."""
+    webhook_format = env.get("NOTIFY_WEBHOOK_FORMAT") or "json"
+    if webhook_format not in ("json", "slack"):
+        raise ConfigError(
+            f"NOTIFY_WEBHOOK_FORMAT={webhook_format!r} is invalid. Use json or slack."
+        )
+    routes = env.get("NOTIFY_ROUTES") or ""
+    if routes and not Path(routes).is_file():
+        raise ConfigError(
+            f"NOTIFY_ROUTES={routes!r} is not a file. Point it at a YAML list of "
+            "notification routes, or leave it unset."
+        )
+    return {
+        "NOTIFY_WEBHOOK_URL": env.get("NOTIFY_WEBHOOK_URL") or "",
+        "NOTIFY_WEBHOOK_FORMAT": webhook_format,
+        "NOTIFY_EMAIL_TO": _list(env, "NOTIFY_EMAIL_TO"),
+        # Playbooks the global webhook and email apply to; empty means all.
+        "NOTIFY_PLAYBOOKS": _list(env, "NOTIFY_PLAYBOOKS"),
+        "NOTIFY_ROUTES": routes,
+        "NOTIFY_RETRY_INTERVALS": _retry_intervals(env),
+        "SMTP_HOST": env.get("SMTP_HOST") or "",
+        "SMTP_PORT": _number(env, "SMTP_PORT", 25, int),
+        "SMTP_FROM": env.get("SMTP_FROM") or f"shepherd@{socket.gethostname()}",
+        "SMTP_USERNAME": env.get("SMTP_USERNAME") or "",
+        "SMTP_PASSWORD": env.get("SMTP_PASSWORD") or "",
+        "SMTP_STARTTLS": (env.get("SMTP_STARTTLS") or "").lower()
+        in ("1", "true", "yes"),
+        "SMTP_TIMEOUT": _number(env, "SMTP_TIMEOUT", 10.0),
+    }
+
+
+def _retention_settings(env):
+    """Return the settings of the scheduled prune and of artifact folder cleanup."""
+    older_than = env.get("PRUNE_OLDER_THAN") or "90d"
+    return {
+        # Output and artifacts of runs that ended longer ago than this are
+        # deleted once a PRUNE_INTERVAL; "off" disables the scheduled prune.
+        "PRUNE_OLDER_THAN": None
+        if older_than == "off"
+        else parse_age(older_than, "PRUNE_OLDER_THAN"),
+        "PRUNE_INTERVAL": _number(env, "PRUNE_INTERVAL", 86400.0),
+        # The artifact folder of a run is deleted this many seconds after the
+        # run ended: its output is in SQL by then.
+        "ARTIFACT_RETENTION": _number(env, "ARTIFACT_RETENTION", 3600.0),
+    }
+
+
 def load(env=None):
     """Build the configuration mapping from environment variables.
 
@@ -139,4 +228,6 @@ def load(env=None):
         ),
         # Accept a sixth cron field with seconds in schedules (for tests).
         "SCHEDULE_SECONDS": env.get("SCHEDULE_SECONDS", "") in ("1", "true", "yes"),
+        **_notification_settings(env),
+        **_retention_settings(env),
     }

@@ -352,6 +352,53 @@ class ScheduleOccurrence(db.Model):
         }
 
 
+class NotificationDelivery(db.Model):
+    """One notification sent (or being sent) to one channel, with its outcome.
+
+    Rows are written by jobs.notify: ``pending`` when enqueued, then ``sent``
+    or, once every retry has failed, ``failed`` with the last error.
+    """
+
+    __tablename__ = "notification_deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    deployment_id: Mapped[int | None] = mapped_column(
+        ForeignKey("deployments.id", ondelete="SET NULL")
+    )
+    # run_failed, run_timeout, run_abandoned, run_stuck or failure_threshold.
+    event: Mapped[str] = mapped_column(String(32))
+    # webhook or email.
+    channel: Mapped[str] = mapped_column(String(16))
+    destination: Mapped[str] = mapped_column(Text)
+    payload: Mapped[dict] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        Index("ix_notification_deliveries_event_run", "event", "deployment_id"),
+        Index("ix_notification_deliveries_created_at", "created_at"),
+    )
+
+    def to_dict(self):
+        return {
+            "id": self.id,
+            "run_id": self.deployment_id,
+            "event": self.event,
+            "channel": self.channel,
+            "destination": self.destination,
+            "status": self.status,
+            "attempts": self.attempts,
+            "error": self.error,
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+        }
+
+
+
+
 def _iso(value):
     return value.isoformat() if value else None
 
@@ -464,6 +511,7 @@ class AuditEvent(db.Model):
 
 
 __all__ = [
+    "NotificationDelivery",
     "ACTIVE_STATUSES",
     "TERMINAL_STATUSES",
     "ApiToken",

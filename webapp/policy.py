@@ -55,6 +55,10 @@ POLICY = {
     "api.relaunch_deployment": "relaunch",
     "audit.index": "audit",
     "audit.api_list": "audit",
+    # Monitoring systems scrape these without signing in; they contain
+    # counts and names of playbooks, never output or variables.
+    "monitoring.metrics": PUBLIC,
+    "monitoring.healthz": PUBLIC,
     "schedules.index": "view",
     "schedules.detail": "view",
     "schedules.new": "schedules",

@@ -13,3 +13,9 @@ def get_queue(config, connection=None):
     """Return the RQ queue that carries playbook runs."""
     connection = connection or connect(config["REDIS_URL"])
     return Queue(config["QUEUE_NAME"], connection=connection)
+
+
+def get_notify_queue(config, connection=None):
+    """Return the RQ queue that carries notification deliveries (jobs.notify)."""
+    connection = connection or connect(config["REDIS_URL"])
+    return Queue(f"{config['QUEUE_NAME']}-notify", connection=connection)
