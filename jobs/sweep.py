@@ -19,7 +19,7 @@ from sqlalchemy import select
 from webapp.extensions import db
 from webapp.models import Deployment, RunStatus, database_time
 
-from . import handlers, process, queueing, state
+from . import handlers, leases, process, queueing, state
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ def sweep(connection, queue):
         "dead_horse": reap_host(config["HOSTNAME"])["dead_horse"],
         "rq_ended": reconcile_running(connection, config),
         "lost_queued": repair_queued(connection, queue, config),
+        "stale_leases": leases.release_stale(config["HEARTBEAT_GRACE"]),
     }
     counts["orphans_killed"] = reap_host(config["HOSTNAME"], finalize=False)[
         "orphans_killed"

@@ -9,7 +9,7 @@ from flask import Flask
 
 def create_app(test_config=None):
     """Build the Flask application from the environment or ``test_config``."""
-    from . import api, cli, config, extensions, logs, runs, views
+    from . import admin, api, cli, config, extensions, logs, runs, views
     from .catalog import Inventory
 
     logs.configure()
@@ -41,6 +41,7 @@ def create_app(test_config=None):
     app.register_blueprint(views.bp)
     app.register_blueprint(runs.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(admin.bp)
     cli.register(app)
     return app
 

@@ -12,6 +12,38 @@ from .models import Deployment, RunStatus, database_time
 
 def register(app):
     app.cli.add_command(cleanup_stuck_deployments_command)
+    app.cli.add_command(drain_command)
+
+
+@click.command("drain")
+@click.argument("action", type=click.Choice(["on", "off", "status"]))
+@click.option(
+    "--by",
+    default="cli",
+    show_default=True,
+    help="Name recorded as the one who turned drain mode on or off.",
+)
+def drain_command(action, by):
+    """Turn drain mode on or off, or show it with the runs still running.
+
+    While draining, queued runs do not start and running runs go on to their
+    end; a restart is safe once none is running.
+    """
+    from jobs import drain
+
+    if action == "status":
+        status = drain.status()
+    else:
+        status = drain.set_draining(action == "on", requested_by=by)
+    if status["draining"]:
+        click.echo(f"Draining since {status['since']} (by {status['by']}).")
+    else:
+        click.echo("Not draining: queued runs start as workers take them.")
+    click.echo(f"Running: {status['running']}, queued: {status['queued']}.")
+    if status["safe_to_restart"]:
+        click.echo("Safe to restart: no run is running.")
+    elif status["draining"]:
+        click.echo("Not safe to restart yet: wait for the running runs to end.")
 
 
 @click.command("cleanup-stuck-deployments")

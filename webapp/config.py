@@ -34,6 +34,17 @@ def _number(env, name, default, kind=float, minimum=0):
     return value
 
 
+def _flag(env, name, default=False):
+    raw = (env.get(name) or "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean. Set it to true or false.")
+
+
 def _secret_key(instance_dir):
     """Return the key stored under ``instance/``, creating it on first use."""
     path = instance_dir / "secret_key"
@@ -100,4 +111,10 @@ def load(env=None):
         "REQUEUE_AFTER": _number(env, "REQUEUE_AFTER", 10.0),
         "FAILURE_ALERT_THRESHOLD": _number(env, "FAILURE_ALERT_THRESHOLD", 5, int),
         "OUTPUT_FLUSH_INTERVAL": _number(env, "OUTPUT_FLUSH_INTERVAL", 0.25),
+        # Seconds a run waits before trying again for a leased host or while
+        # the service drains.
+        "LEASE_RETRY_INTERVAL": _number(env, "LEASE_RETRY_INTERVAL", 2.0),
+        "DRAIN_RETRY_INTERVAL": _number(env, "DRAIN_RETRY_INTERVAL", 5.0),
+        # While draining, reject launches with 503 instead of queueing them.
+        "DRAIN_REJECT": _flag(env, "DRAIN_REJECT"),
     }

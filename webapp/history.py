@@ -14,6 +14,7 @@ from rq.job import Job
 from sqlalchemy import func, select
 from sqlalchemy.orm import load_only
 
+from . import waits
 from .extensions import db
 from .models import Deployment, OutputChunk, RunStatus, utcnow
 
@@ -38,6 +39,7 @@ LIST_COLUMNS = (
     Deployment.timeout,
     Deployment.check_mode,
     Deployment.rc,
+    Deployment.limit_hosts,
 )
 MAX_LIMIT = 200
 
@@ -219,6 +221,7 @@ def row_dict(run, now=None):
     data["check"] = data.pop("check_mode")
     data["duration"] = run.duration
     data["health"] = health(run, now)
+    data["queue_reason"] = waits.queue_reason(run)
     return data
 
 
@@ -226,6 +229,7 @@ def detail_dict(run):
     data = run.to_dict()
     data["health"] = health(run)
     data["rq"] = rq_state(run)
+    data["queue_reason"] = waits.queue_reason(run)
     return data
 
 

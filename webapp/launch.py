@@ -10,9 +10,10 @@ from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 
-from jobs import queueing, state
+from jobs import drain, queueing, state
 
-from .catalog import CatalogError, find_playbook
+from . import rerun
+from .catalog import NAME_PATTERN, CatalogError, find_playbook
 from .extensions import db
 from .models import Deployment, RunStatus
 from .redis_conn import connect, get_queue
@@ -137,18 +138,31 @@ def launch(
     launched_by="anonymous",
     trigger="manual",
     relaunch_of=None,
+    limit_hosts=None,
 ):
     """Validate a request, create its queued row and enqueue its job.
 
-    Returns the new Deployment. Raises LaunchError for invalid input (nothing
-    is written) and for an unreachable Redis (the row is removed again).
+    ``limit_hosts`` narrows the target to those inventory hosts. Returns the
+    new Deployment. Raises LaunchError for invalid input (nothing is
+    written), while draining with DRAIN_REJECT set, and for an unreachable
+    Redis (the row is removed again).
     """
     config = current_app.config
+    inventory = current_app.extensions["inventory"]
     try:
         entry = find_playbook(config["PLAYBOOK_DIR"], playbook)
-        current_app.extensions["inventory"].validate_target(target)
+        inventory.validate_target(target)
+        limit_hosts = validate_limit(inventory, target, limit_hosts)
     except CatalogError as exc:
         raise LaunchError(str(exc), exc.field, exc.value) from exc
+    if config["DRAIN_REJECT"] and drain.is_draining():
+        raise LaunchError(
+            "Shepherd is draining before a restart and DRAIN_REJECT is set, so new "
+            "runs are rejected. Launch again once drain mode is off.",
+            "drain",
+            "on",
+            status=503,
+        )
     extra_vars = parse_extra_vars(extra_vars)
     default_timeout = entry.timeout or config["DEFAULT_JOB_TIMEOUT"]
     timeout = parse_timeout(timeout, default_timeout)
@@ -163,6 +177,7 @@ def launch(
         launched_by=launched_by,
         trigger=trigger,
         relaunch_of=relaunch_of,
+        limit_hosts=limit_hosts,
         status=RunStatus.QUEUED.value,
         attempt=1,
     )
@@ -190,7 +205,52 @@ def launch(
     return run
 
 
-def relaunch(run, *, launched_by):
+def validate_limit(inventory, target, limit_hosts):
+    """Return ``limit_hosts`` as a sorted list of hosts of ``target``, or None.
+
+    Raises CatalogError for anything but known host names of the target, so
+    that only those reach ansible-playbook's --limit.
+    """
+    if limit_hosts is None:
+        return None
+    if not isinstance(limit_hosts, list) or not limit_hosts:
+        raise CatalogError(
+            f"Invalid host limit {limit_hosts!r}: give a list of host names.",
+            "limit_hosts",
+            limit_hosts,
+        )
+    members = set(inventory.expand(target))
+    for host in limit_hosts:
+        if not isinstance(host, str) or not NAME_PATTERN.match(host):
+            raise CatalogError(
+                f"Invalid host {host!r} in the host limit: use inventory host names.",
+                "limit_hosts",
+                host,
+            )
+        if host not in members:
+            raise CatalogError(
+                f"Host {host!r} is not in target {target!r}; a host limit may only "
+                "name hosts of the target.",
+                "limit_hosts",
+                host,
+            )
+    return sorted(set(limit_hosts))
+
+
+def relaunch(run, *, launched_by, hosts="all"):
+    """Launch a run again on all its hosts, its failed ones or its unfinished ones.
+
+    Raises LaunchError as ``launch`` does, and for a ``hosts`` choice that
+    does not apply to the run (see webapp.rerun).
+    """
+    inventory = current_app.extensions["inventory"]
+    scope = set(inventory.expand(run.target))
+    if run.limit_hosts:
+        scope &= set(run.limit_hosts)
+    try:
+        limit_hosts = rerun.hosts_to_rerun(run, hosts, scope)
+    except rerun.RerunError as exc:
+        raise LaunchError(str(exc), exc.field, exc.value, exc.status) from exc
     return launch(
         run.playbook,
         run.target,
@@ -200,6 +260,7 @@ def relaunch(run, *, launched_by):
         launched_by=launched_by,
         trigger=run.trigger,
         relaunch_of=run.id,
+        limit_hosts=limit_hosts,
     )
 
 
@@ -225,6 +286,9 @@ def cancel(run, *, requested_by):
     connection = redis_connection()
     try:
         if was == RunStatus.QUEUED.value:
+            # A run waiting for a host or for drain mode has its job in
+            # rq-scheduler's schedule.
+            queueing.unschedule(connection, run.job_id)
             Job.fetch(run.job_id, connection=connection).cancel()
         else:
             send_stop_job_command(connection, run.job_id)

@@ -15,7 +15,7 @@ from flask import (
     url_for,
 )
 
-from . import ansi, history, launch
+from . import ansi, history, launch, waits
 from .extensions import db
 from .models import Deployment
 
@@ -48,6 +48,7 @@ def index():
         args=request.args,
         active=active,
         health=history.health,
+        queue_reason=waits.queue_reason,
     )
 
 
@@ -58,6 +59,7 @@ def detail(run_id):
         "runs/detail.html",
         run=run,
         data=history.detail_dict(run),
+        health=history.health,
         output=ansi.to_html("".join(history.iter_output(run_id))),
         last_chunk=history.last_chunk_id(run_id),
     )
@@ -135,7 +137,11 @@ def cancel(run_id):
 def relaunch(run_id):
     run = get_run(run_id)
     try:
-        new_run = launch.relaunch(run, launched_by=request.remote_addr or "anonymous")
+        new_run = launch.relaunch(
+            run,
+            launched_by=request.remote_addr or "anonymous",
+            hosts=request.form.get("hosts", "all"),
+        )
     except launch.LaunchError as exc:
         flash(str(exc), "danger")
         return redirect(url_for("runs.detail", run_id=run.id))

@@ -10,6 +10,8 @@ from flask import (
     url_for,
 )
 
+from jobs import drain, leases
+
 from . import dashboard, launch
 from .catalog import list_playbooks
 
@@ -18,7 +20,9 @@ bp = Blueprint("views", __name__)
 
 @bp.get("/")
 def index():
-    return render_template("views/dashboard.html", summary=dashboard.summary())
+    return render_template(
+        "views/dashboard.html", summary=dashboard.summary(), drain=drain.status()
+    )
 
 
 @bp.route("/launch", methods=["GET", "POST"])
@@ -57,5 +61,7 @@ def playbooks():
 @bp.get("/targets")
 def targets():
     return render_template(
-        "views/targets.html", targets=current_app.extensions["inventory"].targets()
+        "views/targets.html",
+        targets=current_app.extensions["inventory"].targets(),
+        leases={lease["host"]: lease for lease in leases.current()},
     )

@@ -1,0 +1,167 @@
+"""Admin actions: drain mode and forced endings, as JSON API and as page forms.
+
+The user name comes from the X-Shepherd-User header, as for launches.
+"""
+
+import logging
+
+from flask import (
+    Blueprint,
+    current_app,
+    flash,
+    jsonify,
+    redirect,
+    request,
+    url_for,
+)
+from redis.exceptions import RedisError
+from rq.command import send_stop_job_command
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job
+
+from jobs import drain, handlers, queueing
+
+from .extensions import db
+from .launch import redis_connection
+from .models import Deployment, RunStatus
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("admin", __name__)
+
+MAX_REASON_LENGTH = 2000
+ON_WORDS = {True: True, False: False, "on": True, "off": False}
+
+
+def _user():
+    return request.headers.get("X-Shepherd-User") or request.remote_addr or "anonymous"
+
+
+def _error(status, message, value=None, field=None):
+    body = {"error": message, "message": message}
+    if field is not None:
+        body["field"] = field
+    if value is not None:
+        body["value"] = value
+    return jsonify(body), status
+
+
+@bp.get("/api/drain")
+def drain_status():
+    return jsonify(drain.status())
+
+
+@bp.post("/api/drain")
+def drain_api():
+    body = request.get_json(silent=True)
+    value = body.get("drain") if isinstance(body, dict) else None
+    if value not in ON_WORDS:
+        return _error(
+            400,
+            f'Invalid drain {value!r}: send {{"drain": "on"}} or {{"drain": "off"}}.',
+            value,
+            "drain",
+        )
+    # TODO: write an audit record (user, time, new state) once an audit log exists.
+    return jsonify(drain.set_draining(ON_WORDS[value], requested_by=_user()))
+
+
+@bp.post("/drain")
+def drain_form():
+    value = request.form.get("drain")
+    if value not in ("on", "off"):
+        flash(f"Invalid drain {value!r}: choose on or off.", "danger")
+    else:
+        drain.set_draining(value == "on", requested_by=_user())
+        flash(f"Drain mode {value}.", "warning" if value == "on" else "info")
+    return redirect(url_for("views.index"))
+
+
+def force_end(run, reason, *, requested_by):
+    """End a queued or running run now, with ``reason``; True if this call did.
+
+    Its processes are killed if they run on this host; on another host the
+    worker's host sweep kills them, because the run is no longer live.
+    """
+    was = run.status
+    won = handlers.end_here(
+        run.id,
+        None,
+        RunStatus.ABANDONED,
+        f"force-ended by {requested_by}: {reason}",
+        reason_code="forced",
+        decided_by="admin",
+        evidence={
+            "requested_by": requested_by,
+            "reason": reason,
+            "status_before": was,
+            "requested_on": current_app.config["HOSTNAME"],
+        },
+    )
+    if won:
+        # TODO: write an audit record (user, time, run, reason) once an audit
+        # log exists; the run's verdict holds the same facts meanwhile.
+        _stop_job(run, was)
+    return won
+
+
+def _stop_job(run, was):
+    connection = redis_connection()
+    try:
+        if was == RunStatus.QUEUED.value:
+            queueing.unschedule(connection, run.job_id)
+            Job.fetch(run.job_id, connection=connection).cancel()
+        else:
+            send_stop_job_command(connection, run.job_id)
+    except (NoSuchJobError, InvalidJobOperation) as exc:
+        logger.info("run %s: RQ job %s not stopped: %s", run.id, run.job_id, exc)
+    except RedisError:
+        logger.exception(
+            "run %s: could not reach Redis to stop job %s", run.id, run.job_id
+        )
+
+
+def _reason_error(reason):
+    if not isinstance(reason, str) or not reason.strip():
+        return "A reason is required to force-end a run, for example 'host rebooted'."
+    if len(reason) > MAX_REASON_LENGTH:
+        return (
+            f"The reason is {len(reason)} characters; the limit is {MAX_REASON_LENGTH}."
+        )
+    return None
+
+
+@bp.post("/api/deployments/<int:run_id>/force-end")
+def force_end_api(run_id):
+    run = db.session.get(Deployment, run_id)
+    if run is None:
+        return _error(404, f"Deployment {run_id} not found.", run_id, "id")
+    body = request.get_json(silent=True)
+    reason = body.get("reason") if isinstance(body, dict) else None
+    problem = _reason_error(reason)
+    if problem:
+        return _error(400, problem, reason, "reason")
+    if not run.is_active or not force_end(run, reason.strip(), requested_by=_user()):
+        db.session.refresh(run)
+        return _error(
+            409,
+            f"Deployment {run_id} already ended as {run.status}.",
+            run.status,
+            "status",
+        )
+    db.session.refresh(run)
+    return jsonify(run.to_dict())
+
+
+@bp.post("/runs/<int:run_id>/force-end")
+def force_end_form(run_id):
+    run = db.get_or_404(Deployment, run_id)
+    reason = request.form.get("reason")
+    problem = _reason_error(reason)
+    if problem:
+        flash(problem, "danger")
+    elif run.is_active and force_end(run, reason.strip(), requested_by=_user()):
+        flash(f"Run {run.id} force-ended.", "warning")
+    else:
+        flash(f"Run {run.id} had already ended.", "info")
+    return redirect(url_for("runs.detail", run_id=run.id))
