@@ -1,8 +1,9 @@
 """Drain mode: a service-wide flag in SQL that stops queued runs from starting.
 
 Running runs go on to their end. Work horses read the flag before they
-start a run and put the run back to wait while it is set; the web app reads
-it to report why runs stay queued and, with DRAIN_REJECT, to reject launches.
+start a run, and while it is set they put the run back to wait. The web app
+reads it to explain why runs stay queued and, with DRAIN_REJECT, to reject
+launches.
 """
 
 import logging

@@ -2,10 +2,11 @@
 
 Leases are rows of ``host_leases`` with the host name as primary key, so two
 workers can never hold one host, and they outlive a Redis restart. A run
-takes all of its hosts in one transaction or none. When a host is held, the
-work horse leaves the run queued and puts its job back in rq-scheduler's
-schedule to try again; drain mode makes it wait the same way. Leases go when
-the run ends (jobs.state.finish) and, as a backstop, in every sweep.
+takes all of its hosts in one transaction or none. When another run has a
+host, the work horse leaves the run queued and puts a new job for it in
+rq-scheduler's schedule, so it tries again later. Drain mode makes a run
+wait the same way. Leases are deleted when the run ends
+(jobs.state.finish) and, as a backstop, in every sweep.
 
 A playbook whose header has ``# leases: none`` takes no lease (read-only
 reports, for example).
@@ -69,8 +70,8 @@ def acquire(run_id, attempt, hosts):
 
     Returns [] when the run now holds them all, the blocking holders (see
     ``holders``) when another run holds any, and None when the run is no
-    longer queued for this attempt. Safe to call twice: hosts the run
-    already holds stay its own.
+    longer queued for this attempt. Safe to call twice, because leases the
+    run already has are kept.
     """
     hosts = sorted(set(hosts))
     _free_ended(hosts)
@@ -168,7 +169,7 @@ def release_stale(grace):
 
 
 def holders(hosts, run_id=None):
-    """Return who holds which of ``hosts``, leaving out ``run_id`` itself.
+    """Return the live leases on ``hosts`` with their runs, leaving out ``run_id``.
 
     Each entry: host, run_id, launched_by, playbook, queued_at, acquired_at.
     """
@@ -226,6 +227,8 @@ def describe_wait(blocking):
     return "waiting for " + "; ".join(parts)
 
 
+# NOTE: runs waiting for the same host are not served in launch order: the
+# first one to try after the holder ends takes the host.
 def before_start(run_id, attempt, job):
     """Check drain mode and take the run's leases; return True if it may start.
 

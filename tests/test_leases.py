@@ -42,7 +42,7 @@ def test_second_run_waits_for_holder(client, processes):
 
     second = launch(client, "ping.yml", "localhost")
 
-    # The worker that took the job puts it back to wait and says why.
+    # The worker that took the job puts it back to wait, with the reason.
     wait_output(client, second["id"], f"held by run {first['id']}")
     reason = queue_reason(client, second["id"])
     assert reason["code"] == "host_leased"

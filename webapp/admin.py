@@ -19,7 +19,7 @@ from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 
-from jobs import drain, handlers, queueing
+from jobs import drain, output, process, queueing, state
 
 from .extensions import db
 from .launch import redis_connection
@@ -55,7 +55,8 @@ def drain_status():
 def drain_api():
     body = request.get_json(silent=True)
     value = body.get("drain") if isinstance(body, dict) else None
-    if value not in ON_WORDS:
+    # 1 and 0 compare equal to True and False, so check the type first.
+    if not isinstance(value, (bool, str)) or value not in ON_WORDS:
         return _error(
             400,
             f'Invalid drain {value!r}: send {{"drain": "on"}} or {{"drain": "off"}}.',
@@ -80,29 +81,39 @@ def drain_form():
 def force_end(run, reason, *, requested_by):
     """End a queued or running run now, with ``reason``; True if this call did.
 
-    Its processes are killed if they run on this host; on another host the
-    worker's host sweep kills them, because the run is no longer live.
+    The ending is written first, so a playbook that exits when its processes
+    are killed cannot record its own verdict. Then its processes are killed
+    if they run on this host. On another host, the worker there kills them
+    at its next host sweep, because the run is no longer live.
     """
     was = run.status
-    won = handlers.end_here(
+    hostname = current_app.config["HOSTNAME"]
+    won = state.finish(
         run.id,
-        None,
         RunStatus.ABANDONED,
         f"force-ended by {requested_by}: {reason}",
-        reason_code="forced",
         decided_by="admin",
+        reason_code="forced",
         evidence={
             "requested_by": requested_by,
             "reason": reason,
             "status_before": was,
-            "requested_on": current_app.config["HOSTNAME"],
+            "worker": run.worker_name,
+            "host": run.hostname,
+            "pid": run.pid,
+            "requested_on": hostname,
         },
+        explain=True,
     )
-    if won:
-        # TODO: write an audit record (user, time, run, reason) once an audit
-        # log exists; the run's verdict holds the same facts meanwhile.
-        _stop_job(run, was)
-    return won
+    if not won:
+        return False
+    # TODO: write an audit record (user, time, run, reason) once an audit log
+    # exists. Until then the run's verdict contains the same facts.
+    _stop_job(run, was)
+    if run.hostname == hostname:
+        process.kill_run(hostname, run.id, run.pid, run.pid_started)
+        output.catch_up(db.session.get(Deployment, run.id, populate_existing=True))
+    return True
 
 
 def _stop_job(run, was):

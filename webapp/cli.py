@@ -4,6 +4,7 @@ from datetime import timedelta
 
 import click
 from flask import current_app
+from flask.cli import with_appcontext
 from sqlalchemy import select
 
 from .extensions import db
@@ -16,6 +17,7 @@ def register(app):
 
 
 @click.command("drain")
+@with_appcontext
 @click.argument("action", type=click.Choice(["on", "off", "status"]))
 @click.option(
     "--by",

@@ -1,8 +1,8 @@
 """Partial re-runs: which hosts of an ended run to launch it on again.
 
-Per-host results come from ansible-runner's events: ``stats`` holds the
+Per-host results come from ansible-runner's events. ``stats`` is the
 playbook's recap (``playbook_on_stats``) when the playbook reached its end,
-and ``progress`` holds the results counted so far when it was interrupted.
+and ``progress`` contains the results counted so far when it was interrupted.
 """
 
 from .models import RunStatus
@@ -26,8 +26,8 @@ def host_results(run):
     """Return {host: "ok" | "failed" | "unreachable" | "unfinished"} for a run.
 
     A host with a recap line finished. Without a recap, a host that failed
-    or was unreachable had finished too, because Ansible runs no more tasks
-    on it; every other host the run reached is unfinished.
+    or was unreachable finished too, because Ansible runs no more tasks on
+    it. Every other host the run reached is unfinished.
     """
     results = {}
     if run.stats:

@@ -1,11 +1,13 @@
 """Why a queued run has not started yet: one reason, computed when it is read.
 
-The reasons, first match wins: the service is draining, a host of the run is
-leased by another run, no worker is alive, the run waits for its next try
-after a lease wait, every worker is busy, or a worker is about to take it.
+The first reason that applies wins. In order: the service is draining, a
+host of the run is leased by another run, or no worker is alive. Then: the
+run waits for its next try after a lease wait (only the scheduler process
+queues it), every worker is busy, or a worker is about to take it.
 SQL gives drain mode and leases; Redis gives workers and the job's place.
 """
 
+import json
 import time
 
 from flask import current_app, g
@@ -15,6 +17,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
 from jobs import drain, leases
+from jobs.sweep import LAST_SWEEP_KEY
 
 from .catalog import CatalogError
 from .models import RunStatus
@@ -34,13 +37,26 @@ class QueueView:
         self.draining = drain.is_draining()
         self.redis_error = None
         self.alive = self.busy = 0
+        self.last_sweep = None
         try:
             self.queue = queue()
             workers = Worker.all(connection=self.queue.connection, queue=self.queue)
             self.alive = len(workers)
             self.busy = sum(1 for worker in workers if worker.get_state() == "busy")
+            self.last_sweep = self.queue.connection.get(LAST_SWEEP_KEY)
         except RedisError as exc:
             self.redis_error = str(exc)
+
+    def scheduler_alive(self):
+        """Return True if the scheduler process swept recently.
+
+        Only that process moves a waiting run's next try to the queue.
+        """
+        if not self.last_sweep:
+            return False
+        every = current_app.config["SWEEP_INTERVAL"]
+        age = time.time() - json.loads(self.last_sweep)["at"]
+        return age < max(3 * every, 30)
 
     def job_status(self, job_id):
         try:
@@ -97,6 +113,12 @@ def _worker_reason(run, view):
         position = view.queue.get_job_position(run.job_id) if run.job_id else None
     except RedisError as exc:
         return {"code": "unknown", "message": f"Redis is unreachable ({exc})"}
+    if status == JobStatus.SCHEDULED and not view.scheduler_alive():
+        return {
+            "code": "no_scheduler",
+            "message": "its next try waits for the scheduler, which is not "
+            "running: start it with python scheduler.py",
+        }
     if status == JobStatus.SCHEDULED:
         return {
             "code": "retry_due",
