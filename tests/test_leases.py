@@ -34,7 +34,8 @@ def queue_reason(client, run_id):
 
 
 def test_second_run_waits_for_holder(client, processes):
-    processes.scheduler()
+    # The sweep's lost-job rule looks at the waiting run every second.
+    processes.scheduler(env={"SWEEP_INTERVAL": "1", "REQUEUE_AFTER": "1"})
     processes.worker()
     processes.worker()
     first = launch(client, "sleep.yml", "localhost", extra_vars={"seconds": 8})
@@ -70,6 +71,11 @@ def test_second_run_waits_for_holder(client, processes):
     assert done_first["status"] == "successful"
     assert done_second["status"] == "successful"
     assert done_second["started_at"] >= done_first["finished_at"]
+    assert done_second["attempt"] == 1
+    output = client.get(f"/api/deployments/{second['id']}/output").get_data(
+        as_text=True
+    )
+    assert "lost from Redis" not in output
     assert lease_hosts(client) == {}
 
 

@@ -39,6 +39,12 @@ def test_rerun_failed_limits_to_those_hosts(client, processes, fleet):
     done = wait_status(client, first["id"], {"successful", "failed"})
     assert done["status"] == "failed"
     assert set(done["stats"]) == set(fleet)
+    assert done["host_results"] == {
+        "alpha": "ok",
+        "beta": "failed",
+        "gamma": "ok",
+        "delta": "failed",
+    }
 
     response = relaunch(client, first["id"], "failed")
 
@@ -190,3 +196,17 @@ def test_force_end_of_ended_run_conflicts(client):
 
     assert response.status_code == 409
     assert client.post("/api/deployments/999/force-end", json={}).status_code == 404
+
+
+def test_relaunch_form_passes_host_choice(client, fleet):
+    run = launch(client, "ping.yml", "fleet")
+    page = client.get(f"/runs/{run['id']}").get_data(as_text=True)
+    assert 'name="hosts"' in page
+
+    response = client.post(
+        f"/runs/{run['id']}/relaunch", data={"hosts": "failed"}, follow_redirects=True
+    )
+
+    assert "needs a run that has ended" in response.get_data(as_text=True)
+    listed = client.get("/api/deployments").get_json()["deployments"]
+    assert [row["id"] for row in listed] == [run["id"]]

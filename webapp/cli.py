@@ -1,5 +1,6 @@
 """Command-line tools for operators: ``flask --app webapp <command>``."""
 
+import getpass
 from datetime import timedelta
 
 import click
@@ -21,8 +22,8 @@ def register(app):
 @click.argument("action", type=click.Choice(["on", "off", "status"]))
 @click.option(
     "--by",
-    default="cli",
-    show_default=True,
+    default=getpass.getuser,
+    show_default="the current user",
     help="Name recorded as the one who turned drain mode on or off.",
 )
 def drain_command(action, by):

@@ -14,7 +14,7 @@ from rq.job import Job
 from sqlalchemy import func, select
 from sqlalchemy.orm import load_only
 
-from . import waits
+from . import rerun, waits
 from .extensions import db
 from .models import Deployment, OutputChunk, RunStatus, utcnow
 
@@ -230,6 +230,7 @@ def detail_dict(run):
     data["health"] = health(run)
     data["rq"] = rq_state(run)
     data["queue_reason"] = waits.queue_reason(run)
+    data["host_results"] = rerun.host_results(run)
     return data
 
 
