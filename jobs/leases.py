@@ -86,13 +86,13 @@ def acquire(run_id, attempt, hosts):
         if queued is None:
             db.session.rollback()
             return None
-        held = db.session.scalars(
+        existing = db.session.scalars(
             select(HostLease).where(HostLease.host.in_(hosts))
         ).all()
-        if any(lease.deployment_id != run_id for lease in held):
+        if any(lease.deployment_id != run_id for lease in existing):
             db.session.rollback()
             return holders(hosts, run_id)
-        mine = {lease.host for lease in held}
+        mine = {lease.host for lease in existing}
         db.session.add_all(
             HostLease(host=host, deployment_id=run_id, acquired_at=db_now())
             for host in hosts

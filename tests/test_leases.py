@@ -219,3 +219,30 @@ def test_sweep_rule_releases_stale_leases(app):
 
         assert released == 2
         assert sorted(lease.host for lease in HostLease.query.all()) == ["c", "d"]
+
+
+def test_leases_survive_redis_restart(client, processes, redis_server):
+    fast = {"SWEEP_INTERVAL": "1", "REQUEUE_AFTER": "1"}
+    processes.scheduler(env=fast)
+    processes.worker(env=fast)
+    processes.worker(env=fast)
+    first = launch(client, "sleep.yml", "localhost", extra_vars={"seconds": 20})
+    wait_status(client, first["id"], "running")
+    second = launch(client, "ping.yml", "localhost")
+    wait_output(client, second["id"], f"held by run {first['id']}")
+
+    redis_server.restart()
+
+    assert lease_hosts(client) == {"localhost": first["id"]}
+    # The sweep enqueues the lost job again, and the new try waits too.
+    requeued = wait_for(
+        lambda: (run := get_run(client, second["id"]))["attempt"] == 2 and run,
+        30,
+        message="the lost job to be enqueued again",
+    )
+    assert requeued["status"] == "queued"
+    assert get_run(client, first["id"])["status"] == "running"
+    done_first = wait_status(client, first["id"], {"successful", "failed"}, 60)
+    done_second = wait_status(client, second["id"], {"successful", "failed"}, 60)
+    assert done_second["status"] == "successful"
+    assert done_second["started_at"] >= done_first["finished_at"]
