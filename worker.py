@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 from jobs.handlers import RunWorker
 from jobs.sweep import reap_host
 from webapp import create_app
+from webapp.catalog import CatalogError
 from webapp.extensions import db
 from webapp.redis_conn import connect, get_notify_queue, get_queue
 from webapp.retention import clean_artifacts
@@ -61,6 +62,18 @@ def reap_forever(app, interval):
                 db.session.remove()
 
 
+def warm_inventory(app):
+    """Read the inventory once here, so work horses inherit it when they fork.
+
+    Each horse expands its run's target to take host leases; without this,
+    every horse would start ansible-inventory again.
+    """
+    try:
+        app.extensions["inventory"].data()
+    except CatalogError as exc:
+        logger.warning("worker: could not read the inventory yet: %s", exc)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--name", help="worker name (default: RQ's generated name)")
@@ -83,6 +96,7 @@ def main():
     )
     logger.info("worker: startup check on host %s: %s", config["HOSTNAME"], counts)
     db.session.remove()
+    warm_inventory(app)
 
     threading.Thread(
         target=reap_forever,

@@ -24,7 +24,7 @@ from rq.timeouts import JobTimeoutException
 from webapp.extensions import db
 from webapp.models import Deployment, RunStatus
 
-from . import output, process, secret_store, state
+from . import leases, output, process, secret_store, state
 from .events import Progress, stats_from_event
 
 logger = logging.getLogger(__name__)
@@ -48,6 +48,8 @@ def run_playbook(run_id, attempt):
     config = current_app.config
     job = get_current_job()
     me = psutil.Process()
+    if not leases.before_start(run_id, attempt, job):
+        return "waiting"
     if not state.mark_running(
         run_id,
         attempt,
@@ -57,6 +59,7 @@ def run_playbook(run_id, attempt):
         horse_started=me.create_time(),
         artifact_dir=artifact_dir(config, run_id, attempt),
     ):
+        leases.release_if_ended(run_id)
         return "skipped"
 
     run = db.session.get(Deployment, run_id)
@@ -102,6 +105,9 @@ class Execution:
         self.config = config
         self.playbook = run.playbook
         self.target = run.target
+        # A partial re-run names its hosts, each one checked against the
+        # inventory at launch; all of them belong to the target.
+        self.limit = ",".join(run.limit_hosts) if run.limit_hosts else run.target
         self.extra_vars = dict(run.extra_vars or {})
         self.check_mode = run.check_mode
         self.hostname = config["HOSTNAME"]
@@ -191,7 +197,7 @@ class Execution:
             ident="run",
             project_dir=self.config["PLAYBOOK_DIR"],
             inventory=self.config["INVENTORY"],
-            limit=self.target,
+            limit=self.limit,
             # Read by ansible-runner from env/extravars: see write_extravars.
             extravars=None,
             # With a custom binary ansible-runner does not add the playbook

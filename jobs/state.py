@@ -28,7 +28,7 @@ from webapp.models import (
     db_now,
 )
 
-from . import notify
+from . import leases, notify
 
 logger = logging.getLogger(__name__)
 
@@ -126,8 +126,9 @@ def finish(
 
     ``attempt`` fences a worker's write to its own execution; sweeps and
     operators pass None. With ``explain``, the reason is appended to the
-    output once, by whichever caller wins. Safe to call twice and from
-    racing processes: only the first call changes the row.
+    output once, by whichever caller wins, and the run's host leases are
+    deleted in the same transaction. Safe to call twice and from racing
+    processes: only the first call changes the row.
     """
     status = RunStatus(status)
     if not status.is_terminal:
@@ -164,6 +165,8 @@ def finish(
 
     result = db.session.execute(update(Deployment).where(*conditions).values(**values))
     won = result.rowcount == 1
+    if won:
+        leases.release(run_id)
     if won and explain:
         db.session.add(
             OutputChunk(

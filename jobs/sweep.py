@@ -20,7 +20,7 @@ from sqlalchemy import select
 from webapp.extensions import db
 from webapp.models import Deployment, RunStatus, database_time
 
-from . import handlers, notify, process, queueing, state
+from . import handlers, leases, notify, process, queueing, state
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ def sweep(connection, queue):
         "rq_ended": reconcile_running(connection, config),
         "lost_queued": repair_queued(connection, queue, config),
         "rq_registry": reconcile_registries(connection, queue),
+        "stale_leases": leases.release_stale(config["HEARTBEAT_GRACE"]),
     }
     counts["orphans_killed"] = reap_host(config["HOSTNAME"], finalize=False)[
         "orphans_killed"

@@ -9,7 +9,7 @@ from flask import Flask
 
 def create_app(test_config=None):
     """Build the Flask application from the environment or ``test_config``."""
-    from . import api, cli, config, extensions, logs, monitoring, runs, schedules, views
+    from . import admin, api, cli, config, extensions, logs, monitoring, runs, schedules, views
     from .catalog import Inventory
 
     logs.configure()
@@ -52,6 +52,7 @@ def create_app(test_config=None):
     app.register_blueprint(schedules.bp)
     app.register_blueprint(schedules.api_bp)
     app.register_blueprint(monitoring.bp)
+    app.register_blueprint(admin.bp)
     cli.register(app)
     return app
 

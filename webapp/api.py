@@ -10,6 +10,8 @@ from flask import (
 )
 from flask_login import current_user
 
+from jobs import leases
+
 from . import dashboard, history, launch
 from .catalog import list_playbooks
 from .extensions import db
@@ -126,8 +128,10 @@ def relaunch_deployment(run_id):
     run, failure = get_run_or_404(run_id)
     if failure:
         return failure
+    body = request.get_json(silent=True)
+    hosts = body.get("hosts", "all") if isinstance(body, dict) else "all"
     try:
-        new_run = launch.relaunch(run, launched_by=launched_by())
+        new_run = launch.relaunch(run, launched_by=launched_by(), hosts=hosts)
     except launch.LaunchError as exc:
         return error(exc.status, str(exc), exc.value, exc.field)
     return jsonify(new_run.to_dict()), 201
@@ -147,4 +151,6 @@ def playbooks():
 
 @bp.get("/targets")
 def targets():
-    return jsonify(current_app.extensions["inventory"].targets())
+    return jsonify(
+        {**current_app.extensions["inventory"].targets(), "leases": leases.current()}
+    )

@@ -28,6 +28,8 @@ HEADER_LINE = re.compile(r"^#\s*([a-z_]+)\s*:\s*(.*?)\s*$")
 # One part of a limit pattern: a host or group name, or a glob of them. No
 # '~' regular expressions, '[0:2]' subscripts or '@file' parts, and never a
 # leading '-', which ansible-playbook would read as an option.
+# An inventory host name as a host limit may list it.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 LIMIT_PART = re.compile(r"[A-Za-z0-9_*?][A-Za-z0-9_.*?\-]*")
 MAX_TARGET_LENGTH = 255
 
@@ -259,13 +261,16 @@ class Inventory:
         return {"hosts": hosts, "groups": group_list}
 
     def expand(self, target):
-        """Return the hosts that a host or group name covers."""
+        """Return the hosts that a host, a group or a limit pattern covers."""
         groups = self.groups()
         if target in groups:
             return groups[target]
         if target in self.hosts():
             return [target]
-        return []
+        try:
+            return sorted(self.validate_target(target) or [])
+        except CatalogError:
+            return []
 
     def validate_target(self, target):
         """Raise CatalogError unless ``target`` is a host, a group or a valid limit pattern.

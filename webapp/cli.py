@@ -1,5 +1,6 @@
 """Command-line tools for operators: ``flask --app webapp <command>``."""
 
+import getpass
 from datetime import timedelta
 
 import click
@@ -19,6 +20,39 @@ def register(app):
     app.cli.add_command(users_command)
     app.cli.add_command(tokens_command)
     app.cli.add_command(prune_command)
+    app.cli.add_command(drain_command)
+
+
+@click.command("drain")
+@with_appcontext
+@click.argument("action", type=click.Choice(["on", "off", "status"]))
+@click.option(
+    "--by",
+    default=getpass.getuser,
+    show_default="the current user",
+    help="Name recorded as the one who turned drain mode on or off.",
+)
+def drain_command(action, by):
+    """Turn drain mode on or off, or show it with the runs still running.
+
+    While draining, queued runs do not start and running runs go on to their
+    end; a restart is safe once none is running.
+    """
+    from jobs import drain
+
+    if action == "status":
+        status = drain.status()
+    else:
+        status = drain.set_draining(action == "on", requested_by=by)
+    if status["draining"]:
+        click.echo(f"Draining since {status['since']} (by {status['by']}).")
+    else:
+        click.echo("Not draining: queued runs start as workers take them.")
+    click.echo(f"Running: {status['running']}, queued: {status['queued']}.")
+    if status["safe_to_restart"]:
+        click.echo("Safe to restart: no run is running.")
+    elif status["draining"]:
+        click.echo("Not safe to restart yet: wait for the running runs to end.")
 
 
 @click.command("cleanup-stuck-deployments")

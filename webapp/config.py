@@ -230,4 +230,10 @@ def load(env=None):
         "SCHEDULE_SECONDS": env.get("SCHEDULE_SECONDS", "") in ("1", "true", "yes"),
         **_notification_settings(env),
         **_retention_settings(env),
+        # Seconds a run waits before trying again for a leased host or while
+        # the service drains.
+        "LEASE_RETRY_INTERVAL": _number(env, "LEASE_RETRY_INTERVAL", 2.0),
+        "DRAIN_RETRY_INTERVAL": _number(env, "DRAIN_RETRY_INTERVAL", 5.0),
+        # While draining, reject launches with 503 instead of queueing them.
+        "DRAIN_REJECT": _flag(env, "DRAIN_REJECT"),
     }

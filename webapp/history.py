@@ -14,6 +14,7 @@ from rq.job import Job
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import load_only
 
+from . import rerun, waits
 from .extensions import db
 from .models import Deployment, OutputChunk, RunStatus, database_time, utcnow
 from .redis_conn import get_queue
@@ -39,6 +40,7 @@ LIST_COLUMNS = (
     Deployment.timeout,
     Deployment.check_mode,
     Deployment.rc,
+    Deployment.limit_hosts,
 )
 MAX_LIMIT = 200
 # Chunks read per query when reading a run's output newest first.
@@ -313,6 +315,7 @@ def row_dict(run, now=None, rq=None):
     data["duration"] = run.duration
     data["health"] = health(run, now)
     data["rq"] = rq
+    data["queue_reason"] = waits.queue_reason(run)
     return data
 
 
@@ -326,6 +329,8 @@ def state_dict(run, now=None):
 def detail_dict(run, now=None):
     data = state_dict(run, now)
     data["rq"] = rq_state(run)
+    data["queue_reason"] = waits.queue_reason(run)
+    data["host_results"] = rerun.host_results(run)
     return data
 
 

@@ -10,11 +10,11 @@ from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 
-from jobs import queueing, secret_store, state
+from jobs import drain, queueing, secret_store, state
 
-from . import audit
+from . import audit, rerun
 from . import extra_vars as extra_var_checks
-from .catalog import CatalogError, find_playbook
+from .catalog import NAME_PATTERN, CatalogError, find_playbook
 from .extensions import db
 from .models import Deployment, RunStatus
 from .policy import can
@@ -141,6 +141,7 @@ def launch(
     trigger="manual",
     relaunch_of=None,
     privileged_vars=None,
+    limit_hosts=None,
 ):
     """Validate a request, create its queued row, enqueue its job and audit it.
 
@@ -149,19 +150,31 @@ def launch(
     only a signed-in admin may send them. Secret extra vars are stored
     masked and handed to the job through Redis.
 
-    Returns the new Deployment. Raises LaunchError for invalid input (nothing
-    is written) and for an unreachable Redis (the row is removed again).
+    ``limit_hosts`` narrows the target to those inventory hosts. Returns the
+    new Deployment. Raises LaunchError for invalid input (nothing is
+    written), while draining with DRAIN_REJECT set, and for an unreachable
+    Redis (the row is removed again).
     """
     if launched_by is None:
         launched_by = audit.current_actor()
     if privileged_vars is None:
         privileged_vars = audit.current_actor() != "system" and can("override_vars")
     config = current_app.config
+    inventory = current_app.extensions["inventory"]
     try:
         entry = find_playbook(config["PLAYBOOK_DIR"], playbook)
-        current_app.extensions["inventory"].validate_target(target)
+        inventory.validate_target(target)
+        limit_hosts = validate_limit(inventory, target, limit_hosts)
     except CatalogError as exc:
         raise LaunchError(str(exc), exc.field, exc.value) from exc
+    if config["DRAIN_REJECT"] and drain.is_draining():
+        raise LaunchError(
+            "Shepherd is draining before a restart and DRAIN_REJECT is set, so new "
+            "runs are rejected. Launch again once drain mode is off.",
+            "drain",
+            "on",
+            status=503,
+        )
     extra_vars = parse_extra_vars(extra_vars)
     try:
         extra_var_checks.check(extra_vars, privileged_allowed=privileged_vars)
@@ -183,6 +196,7 @@ def launch(
         launched_by=launched_by,
         trigger=trigger,
         relaunch_of=relaunch_of,
+        limit_hosts=limit_hosts,
         status=RunStatus.QUEUED.value,
         attempt=1,
     )
@@ -235,11 +249,44 @@ def _forget_secret_values(run_id):
         logger.warning("run %s: secret values left in Redis until they expire", run_id)
 
 
-def relaunch(run, *, launched_by=None):
-    """Launch a new run with the parameters of ``run``.
+def validate_limit(inventory, target, limit_hosts):
+    """Return ``limit_hosts`` as a sorted list of hosts of ``target``, or None.
 
-    Raises LaunchError for a run with secret extra vars, whose values are
-    gone once it ended.
+    Raises CatalogError for anything but known host names of the target, so
+    that only those reach ansible-playbook's --limit.
+    """
+    if limit_hosts is None:
+        return None
+    if not isinstance(limit_hosts, list) or not limit_hosts:
+        raise CatalogError(
+            f"Invalid host limit {limit_hosts!r}: give a list of host names.",
+            "limit_hosts",
+            limit_hosts,
+        )
+    members = set(inventory.expand(target))
+    for host in limit_hosts:
+        if not isinstance(host, str) or not NAME_PATTERN.match(host):
+            raise CatalogError(
+                f"Invalid host {host!r} in the host limit: use inventory host names.",
+                "limit_hosts",
+                host,
+            )
+        if host not in members:
+            raise CatalogError(
+                f"Host {host!r} is not in target {target!r}; a host limit may only "
+                "name hosts of the target.",
+                "limit_hosts",
+                host,
+            )
+    return sorted(set(limit_hosts))
+
+
+def relaunch(run, *, launched_by=None, hosts="all"):
+    """Launch a run again on all its hosts, its failed ones or its unfinished ones.
+
+    Raises LaunchError as ``launch`` does, and for a ``hosts`` choice that
+    does not apply to the run (see webapp.rerun), and for a run with secret
+    extra vars, whose values are gone once it ended.
     """
     if run.secret_vars:
         raise LaunchError(
@@ -249,6 +296,14 @@ def relaunch(run, *, launched_by=None):
             "extra_vars",
             run.secret_vars,
         )
+    inventory = current_app.extensions["inventory"]
+    scope = set(inventory.expand(run.target))
+    if run.limit_hosts:
+        scope &= set(run.limit_hosts)
+    try:
+        limit_hosts = rerun.hosts_to_rerun(run, hosts, scope)
+    except rerun.RerunError as exc:
+        raise LaunchError(str(exc), exc.field, exc.value, exc.status) from exc
     return launch(
         run.playbook,
         run.target,
@@ -258,6 +313,7 @@ def relaunch(run, *, launched_by=None):
         launched_by=launched_by,
         trigger=run.trigger,
         relaunch_of=run.id,
+        limit_hosts=limit_hosts,
     )
 
 
@@ -288,6 +344,9 @@ def cancel(run, *, requested_by=None):
     connection = redis_connection()
     try:
         if was == RunStatus.QUEUED.value:
+            # A run waiting for a host or for drain mode has its job in
+            # rq-scheduler's schedule.
+            queueing.unschedule(connection, run.job_id)
             Job.fetch(run.job_id, connection=connection).cancel()
         else:
             send_stop_job_command(connection, run.job_id)

@@ -151,6 +151,9 @@ class Deployment(db.Model):
     progress: Mapped[dict | None] = mapped_column(JSON)
     # Bytes of the artifact stdout file already copied into output_chunks.
     output_offset: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Host names that narrow ``target`` (a partial re-run), passed to Ansible
+    # as ``--limit``; None runs on every host of the target.
+    limit_hosts: Mapped[list | None] = mapped_column(JSON)
 
     __table_args__ = (
         Index("ix_deployments_status_id", "status", "id"),
@@ -198,6 +201,7 @@ class Deployment(db.Model):
             "id": self.id,
             "playbook": self.playbook,
             "target": self.target,
+            "limit_hosts": self.limit_hosts,
             "extra_vars": self.extra_vars,
             "secret_vars": self.secret_vars or [],
             "check": self.check_mode,
@@ -397,6 +401,31 @@ class NotificationDelivery(db.Model):
         }
 
 
+class HostLease(db.Model):
+    """A host taken by one run, so that no two runs change it at the same time.
+
+    The host name is the primary key: a second run cannot insert the same
+    host until the holder's row is deleted, whichever worker tries.
+    """
+
+    __tablename__ = "host_leases"
+
+    host: Mapped[str] = mapped_column(String(255), primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(
+        ForeignKey("deployments.id", ondelete="CASCADE"), index=True
+    )
+    acquired_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Setting(db.Model):
+    """A service-wide switch kept in SQL so that it outlives a Redis restart."""
+
+    __tablename__ = "settings"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[dict | None] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_by: Mapped[str | None] = mapped_column(String(255))
 
 
 def _iso(value):
@@ -518,6 +547,7 @@ __all__ = [
     "AuditEvent",
     "Deployment",
     "OccurrenceOutcome",
+    "HostLease",
     "OutputChunk",
     "Role",
     "RunStatus",
@@ -525,6 +555,7 @@ __all__ = [
     "Schedule",
     "ScheduleOccurrence",
     "ScheduleOverlap",
+    "Setting",
     "database_time",
     "db_now",
     "utcnow",

@@ -57,6 +57,7 @@ POLICY = {
     "audit.api_list": "audit",
     # Monitoring systems scrape these without signing in; they contain
     # counts and names of playbooks, never output or variables.
+    "admin.drain_status": "view",
     "monitoring.metrics": PUBLIC,
     "monitoring.healthz": PUBLIC,
     "schedules.index": "view",

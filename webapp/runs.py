@@ -18,7 +18,7 @@ from flask import (
 )
 from flask_login import current_user
 
-from . import ansi, history, launch
+from . import ansi, history, launch, waits
 from .catalog import list_playbooks
 from .extensions import db
 from .models import Deployment, database_time
@@ -62,6 +62,7 @@ def index():
         "page": page,
         "args": args,
         "active": any(run.is_active for run in page.rows),
+        "queue_reason": waits.queue_reason,
     }
     # The page's script fetches the table alone to refresh it.
     if partial:
@@ -91,6 +92,7 @@ def detail(run_id):
         truncated=truncated,
         inline_limit=INLINE_OUTPUT_CHARS,
         last_chunk=history.last_chunk_id(run_id),
+        queue_reason=waits.queue_reason(run) if run.status == "queued" else None,
     )
 
 
@@ -180,7 +182,11 @@ def cancel(run_id):
 def relaunch(run_id):
     run = get_run(run_id)
     try:
-        new_run = launch.relaunch(run, launched_by=current_user.name)
+        new_run = launch.relaunch(
+            run,
+            launched_by=current_user.name,
+            hosts=request.form.get("hosts", "all"),
+        )
     except launch.LaunchError as exc:
         flash(str(exc), "danger")
         return redirect(url_for("runs.detail", run_id=run.id))

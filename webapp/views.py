@@ -11,6 +11,8 @@ from flask import (
 )
 from flask_login import current_user
 
+from jobs import drain, leases
+
 from . import dashboard, launch
 from .catalog import list_playbooks
 
@@ -19,7 +21,9 @@ bp = Blueprint("views", __name__)
 
 @bp.get("/")
 def index():
-    return render_template("views/dashboard.html", summary=dashboard.summary())
+    return render_template(
+        "views/dashboard.html", summary=dashboard.summary(), drain=drain.status()
+    )
 
 
 @bp.route("/launch", methods=["GET", "POST"])
@@ -58,5 +62,7 @@ def playbooks():
 @bp.get("/targets")
 def targets():
     return render_template(
-        "views/targets.html", targets=current_app.extensions["inventory"].targets()
+        "views/targets.html",
+        targets=current_app.extensions["inventory"].targets(),
+        leases={lease["host"]: lease for lease in leases.current()},
     )

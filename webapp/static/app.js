@@ -137,3 +137,9 @@ document.addEventListener("submit", function (event) {
   const form = event.target.closest("form[data-confirm]");
   if (form && !window.confirm(form.dataset.confirm)) event.preventDefault();
 });
+
+// An element with data-reload-after="N" reloads its page every N seconds.
+(function () {
+  const box = document.querySelector("[data-reload-after]");
+  if (box) setTimeout(function () { window.location.reload(); }, Number(box.dataset.reloadAfter) * 1000);
+})();

@@ -65,6 +65,7 @@
     setField("rc", state.rc);
     setField("duration", formatDuration(state.duration));
     for (const name of ["started_at", "finished_at", "heartbeat_at"]) setField(name, formatTime(state[name]));
+    setField("queue_reason", state.queue_reason ? state.queue_reason.message : "");
     showProgress(state);
     const ended = ["queued", "running"].indexOf(state.status) < 0;
     if (ended) {
