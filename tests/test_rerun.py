@@ -115,19 +115,18 @@ def test_force_end_kills_and_reruns_unfinished(client, processes, fleet):
     response = client.post(
         f"/api/deployments/{run['id']}/force-end",
         json={"reason": "hosts are being rebooted"},
-        headers={"X-Shepherd-User": "alice"},
     )
 
     assert response.status_code == 200, response.get_json()
     ended = response.get_json()
     assert ended["status"] == "abandoned"
     assert ended["reason_code"] == "forced"
-    assert ended["reason"] == "force-ended by alice: hosts are being rebooted"
+    assert ended["reason"] == "force-ended by admin: hosts are being rebooted"
     assert ended["verdict"]["decided_by"] == "admin"
     assert ended["verdict"]["evidence"]["reason"] == "hosts are being rebooted"
     hostname = ended["hostname"]
     assert run_processes(hostname, run["id"]) == []
-    wait_output(client, run["id"], "force-ended by alice")
+    wait_output(client, run["id"], "force-ended by admin")
     again = relaunch(client, run["id"], "unfinished").get_json()
     assert again["limit_hosts"] == ["alpha", "gamma"]
     failed = relaunch(client, run["id"], "failed").get_json()
