@@ -26,11 +26,12 @@ def stdout_path(artifact_dir):
     return os.path.join(artifact_dir, "stdout")
 
 
-def copy_new_output(run_id, artifact_dir, offset):
+def copy_new_output(run_id, artifact_dir, offset, attempt=None):
     """Store bytes of the stdout file past ``offset``; return the new offset.
 
     Bytes are decoded as UTF-8 with invalid sequences replaced. A multi-byte
-    character split across two reads is completed on the next read.
+    character split across two reads is completed on the next read. With
+    ``attempt``, nothing is stored once the run has moved to another attempt.
     """
     path = stdout_path(artifact_dir)
     try:
@@ -46,11 +47,15 @@ def copy_new_output(run_id, artifact_dir, offset):
             data = _trim_partial_character(data)
             text = data.decode("utf-8", errors="replace")
             new_offset = offset + len(data)
-            if not state.append_output(run_id, text, new_offset, offset):
+            if not state.append_output(
+                run_id, text, new_offset, offset, attempt=attempt
+            ):
+                run = db.session.get(Deployment, run_id, populate_existing=True)
+                if attempt is not None and run.attempt != attempt:
+                    # A retry owns the run now, and its file starts at offset 0.
+                    return offset
                 # Another reader stored these bytes first: continue from its offset.
-                new_offset = db.session.get(
-                    Deployment, run_id, populate_existing=True
-                ).output_offset
+                new_offset = run.output_offset
             offset = new_offset
 
 
@@ -72,7 +77,9 @@ def catch_up(run):
     if not run.artifact_dir:
         return
     try:
-        copy_new_output(run.id, run.artifact_dir, run.output_offset or 0)
+        copy_new_output(
+            run.id, run.artifact_dir, run.output_offset or 0, attempt=run.attempt
+        )
     except OSError:
         logger.exception(
             "run %s: could not read the output file in %s", run.id, run.artifact_dir

@@ -213,7 +213,9 @@ class Execution:
         process.kill_run(
             self.hostname, self.run_id, self.pid, self.pid_started, self.attempt
         )
-        output.copy_new_output(self.run_id, self.run_artifact_dir, self._offset())
+        output.copy_new_output(
+            self.run_id, self.run_artifact_dir, self._offset(), attempt=self.attempt
+        )
         state.finish(
             self.run_id,
             status,
@@ -281,7 +283,10 @@ class Monitor(threading.Thread):
             try:
                 execution.find_playbook_process()
                 self.offset = output.copy_new_output(
-                    execution.run_id, execution.run_artifact_dir, self.offset
+                    execution.run_id,
+                    execution.run_artifact_dir,
+                    self.offset,
+                    attempt=execution.attempt,
                 )
                 if stopping:
                     return

@@ -100,4 +100,8 @@ def load(env=None):
         "REQUEUE_AFTER": _number(env, "REQUEUE_AFTER", 10.0),
         "FAILURE_ALERT_THRESHOLD": _number(env, "FAILURE_ALERT_THRESHOLD", 5, int),
         "OUTPUT_FLUSH_INTERVAL": _number(env, "OUTPUT_FLUSH_INTERVAL", 0.25),
+        # Retry policy of playbooks whose header sets none: the number of
+        # attempts (1 means no retries) and the seconds between attempts.
+        "RETRY_ATTEMPTS": _number(env, "RETRY_ATTEMPTS", 1, int),
+        "RETRY_BACKOFF": _number(env, "RETRY_BACKOFF", 30.0),
     }

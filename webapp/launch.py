@@ -222,6 +222,9 @@ def cancel(run, *, requested_by):
         explain=True,
     ):
         return False
+    if not run.job_id:
+        # A retry waiting for its time has no RQ job yet (jobs.retries).
+        return True
     connection = redis_connection()
     try:
         if was == RunStatus.QUEUED.value:

@@ -16,6 +16,7 @@ from flask import (
 )
 
 from . import ansi, history, launch
+from .attempts import retry_summary
 from .extensions import db
 from .models import Deployment
 
@@ -48,6 +49,7 @@ def index():
         args=request.args,
         active=active,
         health=history.health,
+        retry_summary=retry_summary,
     )
 
 
@@ -67,11 +69,14 @@ def detail(run_id):
 @bp.get("/<int:run_id>/output.txt")
 def download(run_id):
     run = get_run(run_id)
-    text = (ansi.strip(chunk) for chunk in history.iter_output(run.id))
+    attempt = request.args.get("attempt", type=int)
+    chunks = history.iter_output(run.id, attempt=attempt)
+    text = (ansi.strip(chunk) for chunk in chunks)
+    name = f"run-{run.id}" + (f"-attempt-{attempt}" if attempt else "")
     return Response(
         stream_with_context(text),
         mimetype="text/plain; charset=utf-8",
-        headers={"Content-Disposition": f'attachment; filename="run-{run.id}.txt"'},
+        headers={"Content-Disposition": f'attachment; filename="{name}.txt"'},
     )
 
 
