@@ -250,7 +250,7 @@ def after_ending(run):
     )
     message = (
         f"attempt {number} of {policy.max_attempts} ended {run.status} "
-        f"({run.reason_code}); retry in {delay:g} s as attempt {run.attempt + 1}"
+        f"({run.reason_code}); retry in {delay:g} s as attempt {number + 1}"
     )
     # The ORM update also refreshes ``run`` in the session: read it no more.
     result = db.session.execute(

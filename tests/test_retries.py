@@ -232,6 +232,60 @@ def test_unlisted_ending_not_retried(app, shepherd_env):
         assert note.startswith("not retried: it ended timeout")
 
 
+@pytest.mark.parametrize(
+    ("check_mode", "expected_status"), [(False, "failed"), (True, "queued")]
+)
+def test_changed_attempt_retried_only_in_check_mode(
+    app, shepherd_env, check_mode, expected_status
+):
+    name = write_playbook(
+        shepherd_env,
+        "flaky.yml",
+        {"retry_attempts": "2", "retry_on": "any"},
+        PING_TASKS,
+    )
+    with app.app_context():
+        run = make_run(name, check_mode=check_mode)
+
+        state.finish(
+            run.id,
+            RunStatus.FAILED,
+            "failed on localhost",
+            decided_by="worker",
+            stats={"localhost": {"ok": 1, "changed": 1, "failures": 1}},
+        )
+
+        db.session.refresh(run)
+        assert run.status == expected_status
+
+
+def test_old_attempt_handler_leaves_retry_alone(app, shepherd_env):
+    from jobs import handlers
+
+    with app.app_context():
+        run = make_run(
+            "ping.yml",
+            status="queued",
+            attempt=2,
+            retries=1,
+            hostname=shepherd_env["SHEPHERD_HOSTNAME"],
+        )
+
+        ended = handlers.end_here(
+            run.id,
+            1,
+            RunStatus.FAILED,
+            "the job failed",
+            reason_code="job_failed",
+            decided_by="worker",
+        )
+
+        assert not ended
+        db.session.refresh(run)
+        assert run.status == "queued"
+        assert run.attempt == 2
+
+
 def select_attempts(run_id):
     from sqlalchemy import select
 

@@ -49,6 +49,7 @@
   function update(state) {
     statusBox.replaceChildren(badge(state));
     for (const name of ["reason", "worker_name", "hostname", "rc", "started_at", "finished_at", "heartbeat_at"]) setField(name, state[name]);
+    if (state.retry) setField("retry", state.retry.label + (state.retry.note ? " · " + state.retry.note : ""));
     showProgress(state);
     if (lastStatus && lastStatus !== state.status && ["queued", "running"].indexOf(state.status) < 0) {
       window.shepherd.notifyEnded(state, root.dataset.launched === "1");
