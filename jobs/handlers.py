@@ -49,7 +49,11 @@ def end_here(
         return False
     hostname = current_app.config["HOSTNAME"]
     progress = run.progress
-    if run.hostname == hostname:
+    if attempt is not None and attempt != run.attempt:
+        # A retry owns the run now: kill only what this attempt left, and
+        # leave the row and the output to the new attempt.
+        process.kill_run(hostname, run_id, attempt=attempt)
+    elif run.hostname == hostname:
         process.kill_run(hostname, run_id, run.pid, run.pid_started)
         output.catch_up(run)
         if run.artifact_dir:

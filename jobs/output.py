@@ -26,14 +26,15 @@ def stdout_path(artifact_dir):
     return os.path.join(artifact_dir, "stdout")
 
 
-def copy_new_output(run_id, artifact_dir, offset, redact=None, final=False):
+def copy_new_output(run_id, artifact_dir, offset, redact=None, final=False, attempt=None):
     """Store bytes of the stdout file past ``offset``; return the new offset.
 
     Bytes are decoded as UTF-8 with invalid sequences replaced. A multi-byte
     character split across two reads is completed on the next read. With
     ``redact`` (see jobs.secret_store.redactor), text is masked before it is
     stored, and only whole lines are copied until ``final``, so that a
-    secret value is never split across two chunks.
+    secret value is never split across two chunks. With ``attempt``, nothing
+    is stored once the run has moved to another attempt.
     """
     path = stdout_path(artifact_dir)
     try:
@@ -55,11 +56,15 @@ def copy_new_output(run_id, artifact_dir, offset, redact=None, final=False):
             if redact is not None:
                 text = redact(text)
             new_offset = offset + len(data)
-            if not state.append_output(run_id, text, new_offset, offset):
+            if not state.append_output(
+                run_id, text, new_offset, offset, attempt=attempt
+            ):
+                run = db.session.get(Deployment, run_id, populate_existing=True)
+                if attempt is not None and run.attempt != attempt:
+                    # A retry owns the run now, and its file starts at offset 0.
+                    return offset
                 # Another reader stored these bytes first: continue from its offset.
-                new_offset = db.session.get(
-                    Deployment, run_id, populate_existing=True
-                ).output_offset
+                new_offset = run.output_offset
             offset = new_offset
 
 
@@ -108,7 +113,12 @@ def catch_up(run):
         redact = secret_store.redactor(values)
     try:
         copy_new_output(
-            run.id, run.artifact_dir, run.output_offset or 0, redact, final=True
+            run.id,
+            run.artifact_dir,
+            run.output_offset or 0,
+            redact,
+            final=True,
+            attempt=run.attempt,
         )
     except OSError:
         logger.exception(

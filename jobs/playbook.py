@@ -290,6 +290,7 @@ class Execution:
             self._offset(),
             redact=self.redact,
             final=True,
+            attempt=self.attempt,
         )
         state.finish(
             self.run_id,
@@ -363,6 +364,7 @@ class Monitor(threading.Thread):
                     self.offset,
                     redact=execution.redact,
                     final=stopping,
+                    attempt=execution.attempt,
                 )
                 if stopping:
                     return

@@ -8,6 +8,7 @@
     running --operator cancels (web)-------------------> canceled
     running --horse killed, cold shutdown (worker)-----> abandoned
     running --stale heartbeat, dead horse (sweep)------> abandoned
+    failed | timeout | abandoned --retry policy allows--> queued (next attempt)
 
 Each write is a compare-and-set on the status and, for a worker, on the
 attempt number that fences its execution: the first terminal status wins and
@@ -16,7 +17,7 @@ a late write from an execution already declared dead changes nothing.
 
 import logging
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from webapp.extensions import db
 from webapp.models import (
@@ -28,7 +29,7 @@ from webapp.models import (
     db_now,
 )
 
-from . import leases, notify
+from . import leases, notify, retries
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +130,11 @@ def finish(
     output once, by whichever caller wins, and the run's host leases are
     deleted in the same transaction. Safe to call twice and from racing
     processes: only the first call changes the row.
+
+    The winning call also records the ended attempt (jobs.retries). When the
+    playbook's retry policy allows, it queues the run again for its next
+    attempt in the same transaction. The run is then ``queued``, not
+    terminal, and the next attempt's ending calls this again.
     """
     status = RunStatus(status)
     if not status.is_terminal:
@@ -165,29 +171,38 @@ def finish(
 
     result = db.session.execute(update(Deployment).where(*conditions).values(**values))
     won = result.rowcount == 1
+    retry = None
     if won:
         leases.release(run_id)
-    if won and explain:
-        db.session.add(
-            OutputChunk(
-                deployment_id=run_id, text=f"\n[shepherd] {status.value}: {reason}\n"
+        run = db.session.get(Deployment, run_id, populate_existing=True)
+        if explain:
+            db.session.add(
+                OutputChunk(
+                    deployment_id=run_id,
+                    attempt=run.attempt,
+                    text=f"\n[shepherd] {status.value}: {reason}\n",
+                )
             )
-        )
+        # In this same transaction: record the attempt, maybe queue a retry.
+        retry = retries.after_ending(run)
     db.session.commit()
 
-    if won:
-        log = logger.info if decided_by == "worker" else logger.warning
-        log("run %s: -> %s by %s: %s", run_id, status.value, decided_by, reason or "ok")
-        # Only the winner gets here, so each ending notifies exactly once.
-        notify.run_ended(run_id, status)
-    else:
+    if not won:
         logger.info(
             "run %s: %s by %s ignored, the run already ended",
             run_id,
             status.value,
             decided_by,
         )
-    return won
+        return False
+    log = logger.info if decided_by == "worker" else logger.warning
+    log("run %s: -> %s by %s: %s", run_id, status.value, decided_by, reason or "ok")
+    if retry:
+        logger.warning("run %s: %s", run_id, retry)
+    else:
+        # Only the winner gets here, so each final ending notifies exactly once.
+        notify.run_ended(run_id, status)
+    return True
 
 
 def requeue(run_id, attempt, job_id):
@@ -210,6 +225,7 @@ def requeue(run_id, attempt, job_id):
         db.session.add(
             OutputChunk(
                 deployment_id=run_id,
+                attempt=attempt + 1,
                 text="[shepherd] the queued job was lost from Redis; enqueued it again\n",
             )
         )
@@ -221,23 +237,31 @@ def requeue(run_id, attempt, job_id):
     return won
 
 
-def append_output(run_id, text, new_offset, old_offset, *, at_output=True):
+def append_output(
+    run_id, text, new_offset, old_offset, *, at_output=True, attempt=None
+):
     """Append ``text`` read from the artifact stdout file between two byte offsets.
 
     The offset is compared and set in the same transaction, so two readers of
-    one file never store the same bytes twice. Returns True if stored.
+    one file never store the same bytes twice. ``attempt`` fences the write
+    to that attempt's file, because a retried run starts a new file at
+    offset 0; None stores the bytes for the run's current attempt. Returns
+    True if stored.
     """
     values = {"output_offset": new_offset}
     if at_output:
         values["last_output_at"] = db_now()
-    result = db.session.execute(
-        update(Deployment)
-        .where(Deployment.id == run_id, Deployment.output_offset == old_offset)
-        .values(**values)
-    )
+    conditions = [Deployment.id == run_id, Deployment.output_offset == old_offset]
+    if attempt is not None:
+        conditions.append(Deployment.attempt == attempt)
+    result = db.session.execute(update(Deployment).where(*conditions).values(**values))
     if result.rowcount != 1:
         db.session.rollback()
         return False
-    db.session.add(OutputChunk(deployment_id=run_id, text=text))
+    if attempt is None:
+        attempt = db.session.scalar(
+            select(Deployment.attempt).where(Deployment.id == run_id)
+        )
+    db.session.add(OutputChunk(deployment_id=run_id, attempt=attempt, text=text))
     db.session.commit()
     return True

@@ -15,12 +15,12 @@ from flask import current_app
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
 
 from webapp.extensions import db
 from webapp.models import Deployment, RunStatus, database_time
 
-from . import handlers, leases, notify, process, queueing, state
+from . import handlers, leases, notify, process, queueing, retries, state
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ def sweep(connection, queue):
         "stale_heartbeat": end_stale_heartbeats(connection, config),
         "dead_horse": reap_host(config["HOSTNAME"])["dead_horse"],
         "rq_ended": reconcile_running(connection, config),
+        "retry_due": retries.enqueue_due(connection, queue),
         "lost_queued": repair_queued(connection, queue, config),
         "rq_registry": reconcile_registries(connection, queue),
         "stale_leases": leases.release_stale(config["HEARTBEAT_GRACE"]),
@@ -200,13 +201,17 @@ def repair_queued(connection, queue, config):
     """Re-enqueue, once, queued runs whose RQ job is gone; fail them the second time.
 
     A queued run never started, so enqueueing it again is safe. Rows younger
-    than REQUEUE_AFTER are left alone: their job may still be on its way.
+    than REQUEUE_AFTER are left alone: their job may still be on its way. A
+    retry counts from the time it was enqueued, and a retry still waiting
+    for its time has no job on purpose (see jobs.retries).
     """
     now = database_time()
     cutoff = now - timedelta(seconds=config["REQUEUE_AFTER"])
     runs = db.session.scalars(
         select(Deployment).where(
-            Deployment.status == RunStatus.QUEUED.value, Deployment.queued_at < cutoff
+            Deployment.status == RunStatus.QUEUED.value,
+            func.coalesce(Deployment.retry_at, Deployment.queued_at) < cutoff,
+            or_(Deployment.retry_at.is_(None), Deployment.job_id.is_not(None)),
         )
     ).all()
     repaired = 0

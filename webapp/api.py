@@ -93,8 +93,20 @@ def get_output(run_id):
     run, failure = get_run_or_404(run_id)
     if failure:
         return failure
+    attempt = request.args.get("attempt")
+    if attempt is not None:
+        try:
+            attempt = int(attempt)
+        except ValueError:
+            return error(
+                400,
+                f"Invalid attempt {attempt!r}: give an attempt number as listed "
+                f"in the attempts of GET /api/deployments/{run_id}.",
+                attempt,
+                "attempt",
+            )
     return Response(
-        stream_with_context(history.iter_output(run_id)),
+        stream_with_context(history.iter_output(run_id, attempt=attempt)),
         mimetype="text/plain; charset=utf-8",
     )
 

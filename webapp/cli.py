@@ -89,13 +89,17 @@ def cleanup_stuck_deployments_command(dry_run, timeout_hours):
         select(Deployment)
         .where(
             Deployment.status.in_([RunStatus.RUNNING.value, RunStatus.QUEUED.value]),
-            db.func.coalesce(Deployment.started_at, Deployment.queued_at) < cutoff,
+            # A retried run counts from its retry, not from its launch.
+            db.func.coalesce(
+                Deployment.started_at, Deployment.retry_at, Deployment.queued_at
+            )
+            < cutoff,
         )
         .order_by(Deployment.id)
     ).all()
     ended = 0
     for run in runs:
-        since = run.started_at or run.queued_at
+        since = run.started_at or run.retry_at or run.queued_at
         hours = (now - since).total_seconds() / 3600
         kind = "scheduled" if run.trigger.startswith("schedule") else "manual"
         click.echo(

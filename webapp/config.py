@@ -236,4 +236,8 @@ def load(env=None):
         "DRAIN_RETRY_INTERVAL": _number(env, "DRAIN_RETRY_INTERVAL", 5.0),
         # While draining, reject launches with 503 instead of queueing them.
         "DRAIN_REJECT": _flag(env, "DRAIN_REJECT"),
+        # Retry policy of playbooks whose header sets none: the number of
+        # attempts (1 means no retries) and the seconds between attempts.
+        "RETRY_ATTEMPTS": _number(env, "RETRY_ATTEMPTS", 1, int),
+        "RETRY_BACKOFF": _number(env, "RETRY_BACKOFF", 30.0),
     }

@@ -15,6 +15,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import load_only
 
 from . import rerun, waits
+from .attempts import list_attempts, retry_summary
 from .extensions import db
 from .models import Deployment, OutputChunk, RunStatus, database_time, utcnow
 from .redis_conn import get_queue
@@ -41,6 +42,9 @@ LIST_COLUMNS = (
     Deployment.check_mode,
     Deployment.rc,
     Deployment.limit_hosts,
+    Deployment.retries,
+    Deployment.max_attempts,
+    Deployment.retry_at,
 )
 MAX_LIMIT = 200
 # Chunks read per query when reading a run's output newest first.
@@ -309,6 +313,7 @@ def row_dict(run, now=None, rq=None):
         "finished_at",
         "heartbeat_at",
         "last_output_at",
+        "retry_at",
     ):
         data[key] = data[key].isoformat() if data[key] else None
     data["check"] = data.pop("check_mode")
@@ -316,6 +321,7 @@ def row_dict(run, now=None, rq=None):
     data["health"] = health(run, now)
     data["rq"] = rq
     data["queue_reason"] = waits.queue_reason(run)
+    data["retry"] = retry_summary(run, now)
     return data
 
 
@@ -331,25 +337,30 @@ def detail_dict(run, now=None):
     data["rq"] = rq_state(run)
     data["queue_reason"] = waits.queue_reason(run)
     data["host_results"] = rerun.host_results(run)
+    data["retry"] = retry_summary(run)
+    data["attempts"] = list_attempts(run.id)
     return data
 
 
-def iter_output(run_id, after_id=0):
-    """Yield the output text of a run in order, a batch of chunks at a time."""
-    while chunks := output_after(run_id, after_id):
+def iter_output(run_id, after_id=0, attempt=None):
+    """Yield the output text of a run in order, a batch of chunks at a time.
+
+    With ``attempt``, only the output of that attempt of the run.
+    """
+    while chunks := output_after(run_id, after_id, attempt=attempt):
         for _, text in chunks:
             yield text
         after_id = chunks[-1][0]
 
 
-def output_after(run_id, after_id, batch=200):
+def output_after(run_id, after_id, batch=200, attempt=None):
     """Return [(chunk id, text)] of a run's output newer than ``after_id``."""
-    return db.session.execute(
-        select(OutputChunk.id, OutputChunk.text)
-        .where(OutputChunk.deployment_id == run_id, OutputChunk.id > after_id)
-        .order_by(OutputChunk.id)
-        .limit(batch)
-    ).all()
+    query = select(OutputChunk.id, OutputChunk.text).where(
+        OutputChunk.deployment_id == run_id, OutputChunk.id > after_id
+    )
+    if attempt is not None:
+        query = query.where(OutputChunk.attempt == attempt)
+    return db.session.execute(query.order_by(OutputChunk.id).limit(batch)).all()
 
 
 def last_chunk_id(run_id):

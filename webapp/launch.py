@@ -341,6 +341,9 @@ def cancel(run, *, requested_by=None):
     audit.record("cancel", f"run {run.id}", {"status_before": was}, actor=requested_by)
     if was == RunStatus.QUEUED.value and run.secret_vars:
         _forget_secret_values(run.id)
+    if not run.job_id:
+        # A retry waiting for its time has no RQ job yet (jobs.retries).
+        return True
     connection = redis_connection()
     try:
         if was == RunStatus.QUEUED.value:

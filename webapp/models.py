@@ -129,6 +129,13 @@ class Deployment(db.Model):
     attempt: Mapped[int] = mapped_column(Integer, default=1)
     requeue_count: Mapped[int] = mapped_column(Integer, default=0)
     job_id: Mapped[str | None] = mapped_column(String(64))
+    # Automatic retries (jobs.retries): how many were scheduled, the attempts
+    # the playbook's policy allows, and when the pending retry is due. While
+    # a retry waits, the run is queued with no RQ job. Once the retry is
+    # enqueued, retry_at is the time it was enqueued.
+    retries: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int | None] = mapped_column(Integer)
+    retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     queued_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -215,6 +222,9 @@ class Deployment(db.Model):
             "verdict": self.verdict,
             "attempt": self.attempt,
             "job_id": self.job_id,
+            "retries": self.retries,
+            "max_attempts": self.max_attempts,
+            "retry_at": _iso(self.retry_at),
             "queued_at": _iso(self.queued_at),
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),
@@ -242,6 +252,9 @@ class OutputChunk(db.Model):
     )
     text: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The run's attempt that printed this chunk (None in rows written before
+    # attempts were recorded).
+    attempt: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (Index("ix_output_chunks_run_id", "deployment_id", "id"),)
 
@@ -539,12 +552,63 @@ class AuditEvent(db.Model):
         }
 
 
+class Attempt(db.Model):
+    """One ended execution of a run, kept when the run is retried or ends.
+
+    ``number`` is the run's attempt (the fencing token of jobs.state) that
+    ended, so it matches ``OutputChunk.attempt``.
+    """
+
+    __tablename__ = "attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(
+        ForeignKey("deployments.id", ondelete="CASCADE")
+    )
+    number: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    reason_code: Mapped[str | None] = mapped_column(String(64))
+    verdict: Mapped[dict | None] = mapped_column(JSON)
+    worker_name: Mapped[str | None] = mapped_column(String(255))
+    hostname: Mapped[str | None] = mapped_column(String(255))
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    rc: Mapped[int | None] = mapped_column(Integer)
+    stats: Mapped[dict | None] = mapped_column(JSON)
+    # What followed this attempt: a retry and when, or why there was none.
+    retry_note: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_attempts_run_id", "deployment_id", "number"),)
+
+    def to_dict(self):
+        started, finished = self.started_at, self.finished_at
+        return {
+            "number": self.number,
+            "status": self.status,
+            "reason": self.reason,
+            "reason_code": self.reason_code,
+            "verdict": self.verdict,
+            "worker_name": self.worker_name,
+            "hostname": self.hostname,
+            "started_at": _iso(started),
+            "finished_at": _iso(finished),
+            "duration": (finished - started).total_seconds()
+            if started and finished
+            else None,
+            "rc": self.rc,
+            "stats": self.stats,
+            "retry_note": self.retry_note,
+        }
+
+
 __all__ = [
     "NotificationDelivery",
     "ACTIVE_STATUSES",
     "TERMINAL_STATUSES",
     "ApiToken",
     "AuditEvent",
+    "Attempt",
     "Deployment",
     "OccurrenceOutcome",
     "HostLease",

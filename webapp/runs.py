@@ -19,6 +19,7 @@ from flask import (
 from flask_login import current_user
 
 from . import ansi, history, launch, waits
+from .attempts import list_attempts, retry_summary
 from .catalog import list_playbooks
 from .extensions import db
 from .models import Deployment, database_time
@@ -63,6 +64,7 @@ def index():
         "args": args,
         "active": any(run.is_active for run in page.rows),
         "queue_reason": waits.queue_reason,
+        "retry_summary": retry_summary,
     }
     # The page's script fetches the table alone to refresh it.
     if partial:
@@ -93,17 +95,22 @@ def detail(run_id):
         inline_limit=INLINE_OUTPUT_CHARS,
         last_chunk=history.last_chunk_id(run_id),
         queue_reason=waits.queue_reason(run) if run.status == "queued" else None,
+        retry=retry_summary(run),
+        attempts=list_attempts(run.id),
     )
 
 
 @bp.get("/<int:run_id>/output.txt")
 def download(run_id):
     run = get_run(run_id)
-    text = (ansi.strip(chunk) for chunk in history.iter_output(run.id))
+    attempt = request.args.get("attempt", type=int)
+    chunks = history.iter_output(run.id, attempt=attempt)
+    text = (ansi.strip(chunk) for chunk in chunks)
+    name = f"run-{run.id}" + (f"-attempt-{attempt}" if attempt else "")
     return Response(
         stream_with_context(text),
         mimetype="text/plain; charset=utf-8",
-        headers={"Content-Disposition": f'attachment; filename="run-{run.id}.txt"'},
+        headers={"Content-Disposition": f'attachment; filename="{name}.txt"'},
     )
 
 

@@ -1,7 +1,7 @@
 """Create schedules and schedule occurrences
 
 Revision ID: 0100
-Revises: 0001
+Revises: 0050
 Create Date: 2026-12-04 16:20:01.839459
 
 """
@@ -13,7 +13,7 @@ import webapp.models  # noqa: F401  (custom column types)
 
 # revision identifiers, used by Alembic.
 revision = '0100'
-down_revision = '0001'
+down_revision = "0050"
 branch_labels = None
 depends_on = None
 

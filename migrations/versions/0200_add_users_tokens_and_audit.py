@@ -1,7 +1,7 @@
 """Add users, API tokens, the audit log and masked secret vars of runs
 
 Revision ID: 0200
-Revises: 0001
+Revises: 0100
 Create Date: 2026-12-04 16:30:00.000000
 
 """
@@ -13,7 +13,7 @@ import webapp.models
 
 # revision identifiers, used by Alembic.
 revision = '0200'
-down_revision = '0001'
+down_revision = "0100"
 branch_labels = None
 depends_on = None
 

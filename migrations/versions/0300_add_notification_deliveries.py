@@ -1,7 +1,7 @@
 """Add notification deliveries
 
 Revision ID: 0300
-Revises: 0001
+Revises: 0200
 Create Date: 2026-12-04 16:15:28.806174
 
 """
@@ -13,7 +13,7 @@ import webapp.models  # noqa: F401  (custom column types)
 
 # revision identifiers, used by Alembic.
 revision = '0300'
-down_revision = '0001'
+down_revision = "0200"
 branch_labels = None
 depends_on = None
 

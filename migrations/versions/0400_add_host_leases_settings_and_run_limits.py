@@ -1,7 +1,7 @@
 """Add host leases, settings and run host limits
 
 Revision ID: 0400
-Revises: 0001
+Revises: 0300
 Create Date: 2026-12-04 16:17:13.871621
 
 """
@@ -13,7 +13,7 @@ import webapp.models  # noqa: F401  (custom column types)
 
 # revision identifiers, used by Alembic.
 revision = '0400'
-down_revision = '0001'
+down_revision = "0300"
 branch_labels = None
 depends_on = None
 

@@ -66,6 +66,7 @@
     setField("duration", formatDuration(state.duration));
     for (const name of ["started_at", "finished_at", "heartbeat_at"]) setField(name, formatTime(state[name]));
     setField("queue_reason", state.queue_reason ? state.queue_reason.message : "");
+    if (state.retry) setField("retry", state.retry.label + (state.retry.note ? " · " + state.retry.note : ""));
     showProgress(state);
     const ended = ["queued", "running"].indexOf(state.status) < 0;
     if (ended) {
