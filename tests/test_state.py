@@ -143,7 +143,8 @@ def test_health_flags_stuck_and_stalled(app):
         )
 
         assert history.health(long_running, now)["stuck"]
-        assert history.health(long_running, now)["note"] == "running for 5.2 h"
+        assert history.health(long_running, now)["running_for_text"] == "running for 5.2 h"
+        assert "STUCK_AFTER" in history.health(long_running, now)["note"]
         assert not history.health(silent, now)["stuck"]
         assert history.health(silent, now)["stalled"]
         assert history.health(dead, now)["stuck"]
