@@ -172,7 +172,7 @@ def test_timeout_kills_tree_and_ends_timeout(client, processes, shepherd_env):
     hostname = shepherd_env["SHEPHERD_HOSTNAME"]
     processes.worker()
     run = launch(
-        client, "sleep.yml", "localhost", extra_vars={"seconds": 120}, timeout=6
+        client, "sleep.yml", "localhost", extra_vars={"seconds": 120}, timeout=12
     )
     task_pids = sleep_task_pids(hostname, run["id"])
 
