@@ -119,11 +119,13 @@ def finish(
     progress=None,
     explain=False,
     from_statuses=ACTIVE,
+    last_heartbeat=None,
 ):
     """Move an active run to the terminal ``status``; return True if this call did.
 
     ``attempt`` fences a worker's write to its own execution; sweeps and
-    operators pass None. With ``explain``, the reason is appended to the
+    operators pass None. ``last_heartbeat`` fences a sweep's verdict: the
+    row changes only if no heartbeat newer than it was written. With ``explain``, the reason is appended to the
     output once, by whichever caller wins. Safe to call twice and from
     racing processes: only the first call changes the row.
     """
@@ -144,6 +146,10 @@ def finish(
     conditions = [Deployment.id == run_id, Deployment.status.in_(from_statuses)]
     if attempt is not None:
         conditions.append(Deployment.attempt == attempt)
+    if last_heartbeat is not None:
+        # "<=" rather than "==": SQLite compares the stored text, whose
+        # fraction has 3 digits while a bound value has 6.
+        conditions.append(Deployment.heartbeat_at <= last_heartbeat)
     values = {
         "status": status.value,
         "reason": reason,
@@ -181,6 +187,17 @@ def finish(
             decided_by,
         )
     return won
+
+
+def explain(run_id, status, reason):
+    """Append the line that says why a run ended to its output."""
+    db.session.add(
+        OutputChunk(
+            deployment_id=run_id,
+            text=f"\n[shepherd] {RunStatus(status).value}: {reason}\n",
+        )
+    )
+    db.session.commit()
 
 
 def requeue(run_id, attempt, job_id):
