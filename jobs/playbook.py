@@ -292,6 +292,7 @@ class Monitor(threading.Thread):
         backoff = retry.Backoff(first=interval)
         wait = interval
         while not self.stopping.wait(wait):
+            started = time.monotonic()
             try:
                 self.copy()
             except Exception as exc:
@@ -316,7 +317,9 @@ class Monitor(threading.Thread):
                     failures,
                     spent,
                 )
-            wait = interval
+            # A slow copy means a busy database: copy less often, so that
+            # heartbeats wait less for SQLite's write lock.
+            wait = min(max(interval, time.monotonic() - started), retry.MAX_DELAY)
 
     def copy(self):
         execution = self.execution
@@ -384,11 +387,11 @@ class Heartbeat(threading.Thread):
             late = now - asleep - wait
             if late > beat_every:
                 logger.warning(
-                    "run %s: heartbeat thread woke %.1f s late (CPU starved?)",
+                    "run %s: heartbeat thread woke %.1f s late; the work horse is short of CPU",
                     execution.run_id,
                     late,
                 )
-            # Progress goes out with a heartbeat, at most once a PROGRESS_INTERVAL.
+            # Progress goes out with a heartbeat, at most once a tick.
             if now < next_beat and not execution.progress.changed():
                 wait = tick
                 continue
@@ -425,7 +428,7 @@ class Heartbeat(threading.Thread):
         took = time.monotonic() - started
         if took > execution.config["HEARTBEAT_INTERVAL"]:
             logger.warning(
-                "run %s: writing the heartbeat took %.1f s (database busy?)",
+                "run %s: writing the heartbeat took %.1f s; the database is slow or locked",
                 execution.run_id,
                 took,
             )

@@ -108,8 +108,11 @@ def _heartbeat_ages(watch, quiet_for):
 def end_stale_heartbeats(connection, config, watch=None):
     """Abandon running runs whose heartbeat is older than HEARTBEAT_GRACE."""
     grace = config["HEARTBEAT_GRACE"]
+    stale = list(_heartbeat_ages(watch, grace))
+    if stale and _writes_congested(config, [run.id for run, _, _ in stale]):
+        return 0
     ended = 0
-    for run, age, now in list(_heartbeat_ages(watch, grace)):
+    for run, age, now in stale:
         rq_status = _rq_status(connection, run.job_id)
         reason = (
             f"no heartbeat from worker {run.worker_name} on host {run.hostname} for "
@@ -129,6 +132,38 @@ def end_stale_heartbeats(connection, config, watch=None):
             age.heartbeat_at,
         )
     return ended
+
+
+def _writes_congested(config, run_ids):
+    """Return True when SQLite's write lock is so contended that heartbeats wait.
+
+    SQLite has one write lock for the whole file. Under heavy load a
+    heartbeat can wait for it for seconds, so a heartbeat that looks stale
+    may be one still waiting. This takes the lock once, as a heartbeat
+    would, and postpones heartbeat verdicts while that took longer than
+    HEARTBEAT_INTERVAL. PostgreSQL locks rows, so it is not checked.
+    """
+    if db.engine.dialect.name != "sqlite":
+        return False
+    db.session.rollback()
+    connection = db.engine.raw_connection()
+    try:
+        started = time.monotonic()
+        connection.execute("BEGIN IMMEDIATE")
+        waited = time.monotonic() - started
+        connection.execute("ROLLBACK")
+    finally:
+        connection.close()
+    if waited <= config["HEARTBEAT_INTERVAL"]:
+        return False
+    logger.warning(
+        "sweep: runs %s look stale, but taking SQLite's write lock took %.1f s "
+        "(over HEARTBEAT_INTERVAL %g s); heartbeat verdicts wait for the next sweep",
+        run_ids,
+        waited,
+        config["HEARTBEAT_INTERVAL"],
+    )
+    return True
 
 
 def reconcile_running(connection, config, watch=None):
