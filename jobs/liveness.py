@@ -1,4 +1,4 @@
-"""Heartbeat ages as a sweeper can trust them, whatever the wall clocks say.
+"""Heartbeat ages that a sweeper can trust, however far off the wall clocks are.
 
 A heartbeat's ``heartbeat_at`` is written on the database clock. With
 PostgreSQL that is the server's clock; with SQLite it is the wall clock of

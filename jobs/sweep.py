@@ -84,7 +84,7 @@ def _heartbeat_ages(watch, quiet_for):
 
     Without a watch, ages are read on the database clock alone, which suits a
     one-off sweep. A sweeper that runs repeatedly passes its HeartbeatWatch,
-    which also sees every running run so that it can bound heartbeat ages on
+    which reads every running run so that it can bound heartbeat ages on
     its own monotonic clock (see jobs.liveness).
     """
     if watch is not None:

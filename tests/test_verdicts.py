@@ -361,7 +361,7 @@ def test_sqlite_long_writer_no_false_verdict(app, client, processes, shepherd_en
     processes.worker(env=env)
     processes.scheduler(env=env)
     runs = [
-        launch(client, "count.yml", extra_vars={"count": 30}, timeout=200)
+        launch(client, "count.yml", extra_vars={"count": 45}, timeout=200)
         for _ in range(2)
     ]
     run_ids = [run["id"] for run in runs]
@@ -372,9 +372,10 @@ def test_sqlite_long_writer_no_false_verdict(app, client, processes, shepherd_en
     )
     watcher = RunWatcher(app, run_ids)
 
-    # Three holds of 3 s, half the grace, while both runs print.
-    for _ in range(3):
-        with sqlite_held(url.removeprefix("sqlite:///"), 3) as holder:
+    # Two holds of half the grace, then one longer than the grace, while
+    # both runs print: the sweep postpones its verdicts while it waits too.
+    for seconds in (3, 3, 9):
+        with sqlite_held(url.removeprefix("sqlite:///"), seconds) as holder:
             while holder.poll() is None:
                 watcher.sample()
                 time.sleep(0.25)
@@ -383,8 +384,8 @@ def test_sqlite_long_writer_no_false_verdict(app, client, processes, shepherd_en
 
     assert false_verdicts(client, run_ids) == []
     for run_id in run_ids:
-        assert_all_lines(client, run_id, 30)
-    assert watcher.max_heartbeat_age > 2, "the lock never delayed a heartbeat"
+        assert_all_lines(client, run_id, 45)
+    assert watcher.max_heartbeat_age > 6, "the lock never delayed a heartbeat"
 
 
 def terminate_backends(application_name):
