@@ -13,6 +13,7 @@ from rq.scheduler import RQScheduler
 from rq_scheduler import Scheduler
 
 from jobs import schedules
+from jobs.liveness import HeartbeatWatch
 from jobs.sweep import sweep
 from webapp import create_app
 from webapp.catalog import CatalogError
@@ -30,9 +31,10 @@ HOUSEKEEPING_INTERVAL = 60.0
 class SweepingScheduler(Scheduler):
     """rq-scheduler whose loop also runs Shepherd's sweep and fires schedules."""
 
-    def __init__(self, *args, app, **kwargs):
+    def __init__(self, *args, app, watch, **kwargs):
         super().__init__(*args, **kwargs)
         self.app = app
+        self.watch = watch
         self.sweep_every = app.config["SWEEP_INTERVAL"]
         self.next_sweep = 0.0
         self.next_housekeeping = 0.0
@@ -88,11 +90,16 @@ class SweepingScheduler(Scheduler):
 
     def run_sweep(self):
         try:
-            sweep(self.connection, get_queue(self.app.config, self.connection))
+            sweep(
+                self.connection,
+                get_queue(self.app.config, self.connection),
+                self.watch,
+            )
         except Exception:
             logger.exception(
                 "scheduler: sweep failed; retrying in %s s", self.sweep_every
             )
+            self.watch.forget()
         finally:
             db.session.remove()
 
@@ -122,8 +129,11 @@ def main():
     except CatalogError as exc:
         logger.warning("scheduler: %s; scheduled runs will fail until fixed", exc)
 
-    # Start-up reconciliation: one sweep before anything else.
-    counts = sweep(connection, get_queue(config, connection))
+    # Start-up reconciliation: one sweep before anything else. Heartbeat
+    # ages are judged on what this process itself has seen, so a stale
+    # heartbeat is noticed only after HEARTBEAT_GRACE of watching.
+    watch = HeartbeatWatch()
+    counts = sweep(connection, get_queue(config, connection), watch)
     logger.info("scheduler: start-up sweep on host %s: %s", config["HOSTNAME"], counts)
     db.session.remove()
 
@@ -133,6 +143,7 @@ def main():
         connection=connection,
         interval=interval,
         app=app,
+        watch=watch,
     )
     logger.info(
         "scheduler: started on host %s, sweep every %g s, queue %s",

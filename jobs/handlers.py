@@ -11,6 +11,7 @@ import os
 import signal
 
 from flask import current_app
+from rq.exceptions import AbandonedJobError
 from rq.worker import Worker
 
 from webapp.extensions import db
@@ -36,28 +37,44 @@ def signal_name(number):
 
 
 def end_here(
-    run_id, attempt, status, reason, *, reason_code, decided_by, evidence=None
+    run_id,
+    attempt,
+    status,
+    reason,
+    *,
+    reason_code,
+    decided_by,
+    evidence=None,
+    last_heartbeat=None,
 ):
     """Kill a run's processes on this host, keep its output and end it.
 
-    Returns True if this call ended the run. Safe to call twice.
+    With ``last_heartbeat``, nothing happens if a newer heartbeat has been
+    written since: the verdict was judged on that heartbeat. Returns True if
+    this call ended the run. Safe to call twice.
     """
     db.session.rollback()
     run = db.session.get(Deployment, run_id, populate_existing=True)
     if run is None:
         logger.warning("run %s: not found; nothing to end", run_id)
         return False
+    if last_heartbeat is not None and run.heartbeat_at != last_heartbeat:
+        logger.info(
+            "run %s: heartbeat at %s arrived after the one judged (%s); no %s verdict",
+            run_id,
+            run.heartbeat_at,
+            last_heartbeat,
+            reason_code,
+        )
+        return False
     hostname = current_app.config["HOSTNAME"]
     progress = run.progress
+    same_host = run.hostname == hostname
     if attempt is not None and attempt != run.attempt:
         # A retry owns the run now: kill only what this attempt left, and
         # leave the row and the output to the new attempt.
         process.kill_run(hostname, run_id, attempt=attempt)
-    elif run.hostname == hostname:
-        process.kill_run(hostname, run_id, run.pid, run.pid_started)
-        output.catch_up(run)
-        if run.artifact_dir:
-            progress = progress_from_artifacts(run.artifact_dir) or progress
+        return False
     evidence = {
         "worker": run.worker_name,
         "host": run.hostname,
@@ -65,17 +82,32 @@ def end_here(
         "last_heartbeat": run.heartbeat_at.isoformat() if run.heartbeat_at else None,
         **(evidence or {}),
     }
-    return state.finish(
-        run_id,
-        status,
-        reason,
+    verdict = dict(
         attempt=attempt,
         decided_by=decided_by,
         reason_code=reason_code,
         evidence=evidence,
         progress=progress,
-        explain=True,
+        last_heartbeat=last_heartbeat,
     )
+    if same_host and last_heartbeat is not None:
+        # A verdict judged on a heartbeat may lose to one that lands now, so
+        # claim the run before killing anything: a slow horse keeps running.
+        if run.artifact_dir:
+            verdict["progress"] = progress_from_artifacts(run.artifact_dir) or progress
+        if not state.finish(run_id, status, reason, **verdict):
+            return False
+        process.kill_run(hostname, run_id, run.pid, run.pid_started)
+        output.catch_up(run)
+        state.explain(run_id, status, reason)
+        return True
+    if same_host:
+        process.kill_run(hostname, run_id, run.pid, run.pid_started)
+        output.catch_up(run)
+        if run.artifact_dir:
+            progress = progress_from_artifacts(run.artifact_dir) or progress
+            verdict["progress"] = progress
+    return state.finish(run_id, status, reason, explain=True, **verdict)
 
 
 def on_horse_killed(worker, job, retpid, ret_val):
@@ -104,11 +136,25 @@ def on_horse_killed(worker, job, retpid, ret_val):
 
 
 def on_failure(job, connection, exc_type, exc_value, traceback):
-    """RQ failure callback: end the run if the job failed before doing so itself."""
+    """RQ failure callback: end the run if the job failed before doing so itself.
+
+    RQ also calls it from any process that cleans the started registry, for
+    a job whose registry entry expired (AbandonedJobError). The entry's
+    expiry comes from the wall clock of the job's worker, so that alone
+    proves nothing: the sweep ends such a run once its heartbeat is quiet.
+    """
     run = _run_of(job)
     if run is None:
         return
     run_id, attempt = run
+    if exc_type is AbandonedJobError:
+        logger.warning(
+            "run %s: RQ reports job %s abandoned; the sweep ends the run if its "
+            "heartbeat is quiet",
+            run_id,
+            job.id,
+        )
+        return
     end_here(
         run_id,
         attempt,

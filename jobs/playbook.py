@@ -24,7 +24,7 @@ from rq.timeouts import JobTimeoutException
 from webapp.extensions import db
 from webapp.models import Deployment, RunStatus
 
-from . import leases, output, process, secret_store, state
+from . import leases, output, process, retry, secret_store, state
 from .events import Progress, stats_from_event
 
 logger = logging.getLogger(__name__)
@@ -35,6 +35,9 @@ GUARD = JOBS_DIR / "bin" / "ansible-playbook"
 CALLBACK_DIR = JOBS_DIR / "ansible_plugins" / "callback"
 # Seconds between writes of a run's play, task and host progress.
 PROGRESS_INTERVAL = 1.0
+# Seconds the monitor keeps retrying the copy of the last output when the
+# database is unreachable as the playbook ends.
+FLUSH_TIMEOUT = 25.0
 
 
 def run_playbook(run_id, attempt):
@@ -74,6 +77,7 @@ def run_playbook(run_id, attempt):
             f"exceeded its timeout of {run.timeout} s and was stopped",
             reason_code="job_timeout",
             decided_by="timeout",
+            evidence={"timeout": run.timeout, "clock": "RQ job_timeout alarm"},
         )
         raise
     except BaseException as exc:
@@ -117,6 +121,7 @@ class Execution:
         self.prompt_file = self.private_dir / "prompt.json"
         self.progress = Progress()
         self.monitor = Monitor(self)
+        self.heartbeat = Heartbeat(self)
         self.pid = None
         self.pid_started = None
         self.lost_ownership = threading.Event()
@@ -221,12 +226,14 @@ class Execution:
     def run(self):
         self.private_dir.mkdir(parents=True, exist_ok=True)
         self.write_extravars()
+        self.heartbeat.start()
         self.monitor.start()
         try:
             runner = ansible_runner.run(**self.runner_options())
         finally:
             self.remove_extravars()
-        self.monitor.stop()
+            self.monitor.stop()
+            self.heartbeat.stop()
         if self.lost_ownership.is_set():
             # Canceled or finalized by someone else, whose status is kept.
             # ansible-runner killed only ansible-playbook's process group.
@@ -235,7 +242,10 @@ class Execution:
 
         stats = self.progress.stats or _stats_from_runner(runner)
         status, reason, code = self.verdict(runner.rc, stats)
-        state.finish(
+        retry.write(
+            self.run_id,
+            "writing the result",
+            state.finish,
             self.run_id,
             status,
             reason,
@@ -277,9 +287,10 @@ class Execution:
         except (OSError, ValueError):
             return None
 
-    def stop(self, status, reason, *, reason_code, decided_by):
+    def stop(self, status, reason, *, reason_code, decided_by, evidence=None):
         """Kill the playbook's processes and record how the execution ended."""
         self.monitor.stop()
+        self.heartbeat.stop()
         process.kill_run(
             self.hostname, self.run_id, self.pid, self.pid_started, self.attempt
         )
@@ -299,7 +310,7 @@ class Execution:
             attempt=self.attempt,
             decided_by=decided_by,
             reason_code=reason_code,
-            evidence={"pid": self.pid, "host": self.hostname},
+            evidence={"pid": self.pid, "host": self.hostname, **(evidence or {})},
             progress=self.progress.snapshot(),
             stats=self.progress.stats,
             explain=True,
@@ -332,9 +343,11 @@ class Execution:
 
 
 class Monitor(threading.Thread):
-    """Copies output, writes heartbeats and watches for lost ownership.
+    """Copies output into SQL and records the playbook's PID.
 
     Runs in the work horse beside ansible-runner, which keeps the main thread.
+    Heartbeats have a thread of their own (Heartbeat), so that a slow copy of
+    a large output never delays them.
     """
 
     def __init__(self, execution):
@@ -347,47 +360,161 @@ class Monitor(threading.Thread):
     def run(self):
         with self.app.app_context():
             self.loop()
+            self.flush()
 
     def loop(self):
         execution = self.execution
         interval = execution.config["OUTPUT_FLUSH_INTERVAL"]
-        beat_every = execution.config["HEARTBEAT_INTERVAL"]
-        next_beat = 0.0
-        next_progress = 0.0
-        while True:
-            stopping = self.stopping.wait(interval)
+        backoff = retry.Backoff(first=interval)
+        wait = interval
+        while not self.stopping.wait(wait):
+            started = time.monotonic()
             try:
-                execution.find_playbook_process()
-                self.offset = output.copy_new_output(
+                self.copy()
+            except Exception as exc:
+                # A database hiccup must not kill the monitor: the bytes stay
+                # in the stdout file and the next try copies them.
+                retry.rollback()
+                wait = backoff.failed()
+                log = logger.exception if backoff.failures == 1 else logger.warning
+                log(
+                    "run %s: copying output failed (try %d), retrying in %.2f s: %s",
                     execution.run_id,
-                    execution.run_artifact_dir,
-                    self.offset,
-                    redact=execution.redact,
-                    final=stopping,
-                    attempt=execution.attempt,
+                    backoff.failures,
+                    wait,
+                    exc,
                 )
-                if stopping:
-                    return
-                now = time.monotonic()
-                # Progress goes out with a heartbeat, at most once a second.
-                changed = execution.progress.changed() and now >= next_progress
-                if now >= next_beat or changed:
-                    next_beat = now + beat_every
-                    next_progress = now + PROGRESS_INTERVAL
-                    self.beat()
-            except Exception:
-                # A database hiccup must not kill the monitor: retry next tick.
-                logger.exception(
-                    "run %s: monitor tick failed; retrying", execution.run_id
+                continue
+            failures, spent = backoff.succeeded()
+            if failures:
+                logger.info(
+                    "run %s: output copied again after %d failed tries over %.1f s",
+                    execution.run_id,
+                    failures,
+                    spent,
                 )
-                db.session.rollback()
-                if stopping:
-                    return
+            # A slow copy means a busy database: copy less often, so that
+            # heartbeats wait less for SQLite's write lock.
+            wait = min(max(interval, time.monotonic() - started), retry.MAX_DELAY)
+
+    def copy(self, final=False):
+        execution = self.execution
+        execution.find_playbook_process()
+        self.offset = output.copy_new_output(
+            execution.run_id,
+            execution.run_artifact_dir,
+            self.offset,
+            redact=execution.redact,
+            final=final,
+            attempt=execution.attempt,
+        )
+
+    def flush(self):
+        """Copy the last output, retrying through a database outage (FLUSH_TIMEOUT)."""
+        try:
+            retry.write(
+                self.execution.run_id,
+                "copying the last output",
+                self.copy,
+                final=True,
+                timeout=FLUSH_TIMEOUT,
+            )
+        except Exception:
+            logger.exception(
+                "run %s: the last output could not be copied; whoever ends the "
+                "run copies it from %s",
+                self.execution.run_id,
+                self.execution.run_artifact_dir,
+            )
+
+    def stop(self):
+        if self.is_alive():
+            self.stopping.set()
+            self.join(timeout=FLUSH_TIMEOUT + 5)
+
+
+class Heartbeat(threading.Thread):
+    """Writes the run's heartbeat and progress, and watches for lost ownership.
+
+    Its own thread and database session, so only the database itself can
+    delay a heartbeat. A failed write is retried with backoff, never more
+    than HEARTBEAT_INTERVAL apart, until the execution ends.
+    """
+
+    def __init__(self, execution):
+        super().__init__(name=f"heartbeat-{execution.run_id}", daemon=True)
+        self.execution = execution
+        self.app = current_app._get_current_object()
+        self.stopping = threading.Event()
+
+    def run(self):
+        with self.app.app_context():
+            try:
+                self.loop()
+            finally:
+                db.session.remove()
+
+    def loop(self):
+        execution = self.execution
+        beat_every = execution.config["HEARTBEAT_INTERVAL"]
+        tick = min(PROGRESS_INTERVAL, beat_every)
+        backoff = retry.Backoff(maximum=beat_every)
+        next_beat = 0.0
+        wait = 0.0
+        while True:
+            asleep = time.monotonic()
+            if self.stopping.wait(wait):
+                return
+            now = time.monotonic()
+            late = now - asleep - wait
+            if late > beat_every:
+                logger.warning(
+                    "run %s: heartbeat thread woke %.1f s late; the work horse is short of CPU",
+                    execution.run_id,
+                    late,
+                )
+            # Progress goes out with a heartbeat, at most once a tick.
+            if now < next_beat and not execution.progress.changed():
+                wait = tick
+                continue
+            try:
+                self.beat()
+            except Exception as exc:
+                retry.rollback()
+                wait = backoff.failed()
+                log = logger.exception if backoff.failures == 1 else logger.warning
+                log(
+                    "run %s: heartbeat failed (try %d), retrying in %.2f s: %s",
+                    execution.run_id,
+                    backoff.failures,
+                    wait,
+                    exc,
+                )
+                continue
+            failures, spent = backoff.succeeded()
+            if failures:
+                logger.info(
+                    "run %s: heartbeat written again after %d failed tries over %.1f s",
+                    execution.run_id,
+                    failures,
+                    spent,
+                )
+            next_beat = now + beat_every
+            wait = tick
 
     def beat(self):
         execution = self.execution
         progress = execution.progress.snapshot_if_changed()
-        if state.heartbeat(execution.run_id, execution.attempt, progress):
+        started = time.monotonic()
+        owned = state.heartbeat(execution.run_id, execution.attempt, progress)
+        took = time.monotonic() - started
+        if took > execution.config["HEARTBEAT_INTERVAL"]:
+            logger.warning(
+                "run %s: writing the heartbeat took %.1f s; the database is slow or locked",
+                execution.run_id,
+                took,
+            )
+        if owned:
             return
         if not execution.lost_ownership.is_set():
             logger.warning(
@@ -401,7 +528,7 @@ class Monitor(threading.Thread):
     def stop(self):
         if self.is_alive():
             self.stopping.set()
-            self.join(timeout=30)
+            self.join(timeout=10)
 
 
 def _stats_from_runner(runner):

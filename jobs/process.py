@@ -46,6 +46,9 @@ def start_time(pid):
 
 def is_same_process(pid, started):
     """Return True when ``pid`` is alive and started at ``started``."""
+    # NOTE: psutil derives start times from the boot time that the kernel
+    # computes from the wall clock, so a clock step between the record and
+    # this check can make a live horse look gone (and its run abandoned).
     if not pid or started is None:
         return False
     current = start_time(pid)

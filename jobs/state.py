@@ -122,14 +122,17 @@ def finish(
     progress=None,
     explain=False,
     from_statuses=ACTIVE,
+    last_heartbeat=None,
 ):
     """Move an active run to the terminal ``status``; return True if this call did.
 
     ``attempt`` fences a worker's write to its own execution; sweeps and
-    operators pass None. With ``explain``, the reason is appended to the
-    output once, by whichever caller wins, and the run's host leases are
-    deleted in the same transaction. Safe to call twice and from racing
-    processes: only the first call changes the row.
+    operators pass None. ``last_heartbeat`` fences a sweep's verdict: the
+    row changes only if no heartbeat newer than it was written. With
+    ``explain``, the reason is appended to the output once, by whichever
+    caller wins, and the run's host leases are deleted in the same
+    transaction. Safe to call twice and from racing processes: only the
+    first call changes the row.
 
     The winning call also records the ended attempt (jobs.retries). When the
     playbook's retry policy allows, it queues the run again for its next
@@ -153,6 +156,10 @@ def finish(
     conditions = [Deployment.id == run_id, Deployment.status.in_(from_statuses)]
     if attempt is not None:
         conditions.append(Deployment.attempt == attempt)
+    if last_heartbeat is not None:
+        # "<=" rather than "==": SQLite compares the stored text, whose
+        # fraction has 3 digits while a bound value has 6.
+        conditions.append(Deployment.heartbeat_at <= last_heartbeat)
     values = {
         "status": status.value,
         "reason": reason,
@@ -203,6 +210,17 @@ def finish(
         # Only the winner gets here, so each final ending notifies exactly once.
         notify.run_ended(run_id, status)
     return True
+
+
+def explain(run_id, status, reason):
+    """Append the line that says why a run ended to its output."""
+    db.session.add(
+        OutputChunk(
+            deployment_id=run_id,
+            text=f"\n[shepherd] {RunStatus(status).value}: {reason}\n",
+        )
+    )
+    db.session.commit()
 
 
 def requeue(run_id, attempt, job_id):

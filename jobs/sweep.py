@@ -20,7 +20,7 @@ from sqlalchemy import func, or_, select
 from webapp.extensions import db
 from webapp.models import Deployment, RunStatus, database_time
 
-from . import handlers, leases, notify, process, queueing, retries, state
+from . import handlers, leases, liveness, notify, process, queueing, retries, state
 
 logger = logging.getLogger(__name__)
 
@@ -31,18 +31,19 @@ REGISTRY_SETTLE = 10
 RQ_ENDED = {JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED, JobStatus.FINISHED}
 
 
-def sweep(connection, queue):
+def sweep(connection, queue, watch=None):
     """Run every sweep rule once and return {rule: runs ended or repaired}.
 
     Records its time in Redis (``shepherd:sweep:last``) for the dashboard
-    and health checks.
+    and health checks. ``watch`` is the caller's HeartbeatWatch, kept from
+    one sweep to the next (see jobs.liveness).
     """
     config = current_app.config
     started = time.monotonic()
     counts = {
-        "stale_heartbeat": end_stale_heartbeats(connection, config),
+        "stale_heartbeat": end_stale_heartbeats(connection, config, watch),
         "dead_horse": reap_host(config["HOSTNAME"])["dead_horse"],
-        "rq_ended": reconcile_running(connection, config),
+        "rq_ended": reconcile_running(connection, config, watch),
         "retry_due": retries.enqueue_due(connection, queue),
         "lost_queued": repair_queued(connection, queue, config),
         "rq_registry": reconcile_registries(connection, queue),
@@ -53,6 +54,8 @@ def sweep(connection, queue):
     ]
     counts["stuck_notified"] = notify.notify_stuck_runs(config)
     counts["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
+    if watch is not None:
+        watch.end()
     connection.set(
         LAST_SWEEP_KEY,
         json.dumps({"at": time.time(), "host": config["HOSTNAME"], "counts": counts}),
@@ -79,63 +82,121 @@ def _rq_status(connection, job_id):
         return None
 
 
-def end_stale_heartbeats(connection, config):
-    """Abandon running runs whose heartbeat is older than HEARTBEAT_GRACE."""
+def _heartbeat_ages(watch, quiet_for):
+    """Yield (run, Age, checked_at) for running runs quiet for over ``quiet_for`` s.
+
+    Without a watch, ages are read on the database clock alone, which suits a
+    one-off sweep. A sweeper that runs repeatedly passes its HeartbeatWatch,
+    which reads every running run so that it can bound heartbeat ages on
+    its own monotonic clock (see jobs.liveness).
+    """
+    if watch is not None:
+        watch.begin()
     now = database_time()
+    cutoff = now - timedelta(seconds=quiet_for)
+    if watch is None:
+        for run in _running_runs(Deployment.heartbeat_at < cutoff):
+            age = (now - run.heartbeat_at).total_seconds()
+            yield run, liveness.Age(age, "database", age, 0.0, run.heartbeat_at), now
+        return
+    for run in _running_runs():
+        database_age = (
+            (now - run.heartbeat_at).total_seconds() if run.heartbeat_at else None
+        )
+        age = watch.age(run, database_age)
+        if age.seconds > quiet_for:
+            yield run, age, now
+
+
+def end_stale_heartbeats(connection, config, watch=None):
+    """Abandon running runs whose heartbeat is older than HEARTBEAT_GRACE."""
     grace = config["HEARTBEAT_GRACE"]
-    cutoff = now - timedelta(seconds=grace)
+    stale = list(_heartbeat_ages(watch, grace))
+    if stale and _writes_congested(config, [run.id for run, _, _ in stale]):
+        return 0
     ended = 0
-    for run in _running_runs(Deployment.heartbeat_at < cutoff):
-        age = (now - run.heartbeat_at).total_seconds()
+    for run, age, now in stale:
         rq_status = _rq_status(connection, run.job_id)
         reason = (
             f"no heartbeat from worker {run.worker_name} on host {run.hostname} for "
-            f"{age:.1f} s (grace {grace:g} s, database clock); its worker is gone"
+            f"{age.seconds:.1f} s (grace {grace:g} s, {age.clock} clock); "
+            "its worker is gone"
         )
         ended += _end(
             run,
             reason,
             "stale_heartbeat",
             {
-                "heartbeat_age": round(age, 3),
+                **age.evidence(),
                 "grace": grace,
-                "clock": "database",
                 "checked_at": now.isoformat(),
-                "rq_status": rq_status,
+                "rq_status": rq_status.value if rq_status else None,
             },
+            age.heartbeat_at,
         )
     return ended
 
 
-def reconcile_running(connection, config):
+def _writes_congested(config, run_ids):
+    """Return True when SQLite's write lock is so contended that heartbeats wait.
+
+    SQLite has one write lock for the whole file. Under heavy load a
+    heartbeat can wait for it for seconds, so a heartbeat that looks stale
+    may be one still waiting. This takes the lock once, as a heartbeat
+    would, and postpones heartbeat verdicts while that took longer than
+    HEARTBEAT_INTERVAL. PostgreSQL locks rows, so it is not checked.
+    """
+    if db.engine.dialect.name != "sqlite":
+        return False
+    db.session.rollback()
+    connection = db.engine.raw_connection()
+    try:
+        started = time.monotonic()
+        connection.execute("BEGIN IMMEDIATE")
+        waited = time.monotonic() - started
+        connection.execute("ROLLBACK")
+    finally:
+        connection.close()
+    if waited <= config["HEARTBEAT_INTERVAL"]:
+        return False
+    logger.warning(
+        "sweep: runs %s look stale, but taking SQLite's write lock took %.1f s "
+        "(over HEARTBEAT_INTERVAL %g s); heartbeat verdicts wait for the next sweep",
+        run_ids,
+        waited,
+        config["HEARTBEAT_INTERVAL"],
+    )
+    return True
+
+
+def reconcile_running(connection, config, watch=None):
     """Abandon running runs whose RQ job has ended while no heartbeat arrives.
 
     RQ may mark a job failed while its horse still runs (its worker parent
     died), so a fresh heartbeat always wins over RQ's registry.
     """
-    now = database_time()
     quiet_for = 2 * config["HEARTBEAT_INTERVAL"]
-    cutoff = now - timedelta(seconds=quiet_for)
     ended = 0
-    for run in _running_runs(Deployment.heartbeat_at < cutoff):
+    for run, age, now in list(_heartbeat_ages(watch, quiet_for)):
         rq_status = _rq_status(connection, run.job_id)
         if rq_status not in RQ_ENDED:
             continue
-        age = (now - run.heartbeat_at).total_seconds()
         reason = (
             f"RQ reports job {run.job_id} as {rq_status.value} while the run was still "
             f"running, and worker {run.worker_name} on host {run.hostname} sent no "
-            f"heartbeat for {age:.1f} s"
+            f"heartbeat for {age.seconds:.1f} s ({age.clock} clock)"
         )
         ended += _end(
             run,
             reason,
             "rq_job_ended",
             {
-                "heartbeat_age": round(age, 3),
-                "clock": "database",
+                **age.evidence(),
+                "quiet_for": quiet_for,
+                "checked_at": now.isoformat(),
                 "rq_status": rq_status.value,
             },
+            age.heartbeat_at,
         )
     return ended
 
@@ -185,7 +246,9 @@ def reconcile_registries(connection, queue):
     return repaired
 
 
-def _end(run, reason, code, evidence):
+def _end(run, reason, code, evidence, heartbeat_at):
+    # Compare-and-set on the heartbeat read for this judgement: one that
+    # arrived since then, while this sweeper was slow or frozen, wins.
     return handlers.end_here(
         run.id,
         None,
@@ -194,6 +257,7 @@ def _end(run, reason, code, evidence):
         reason_code=code,
         decided_by="sweep",
         evidence={"rq_job": run.job_id, **evidence},
+        last_heartbeat=heartbeat_at,
     )
 
 
@@ -231,16 +295,29 @@ def repair_queued(connection, queue, config):
                 f"RQ job {run.job_id} ended as {rq_status.value} before the run started",
                 decided_by="sweep",
                 reason_code="rq_job_ended",
-                evidence={"rq_status": rq_status.value, "rq_job": run.job_id},
+                evidence={
+                    "rq_status": rq_status.value,
+                    "rq_job": run.job_id,
+                    **_queued_age(run, now, config),
+                },
                 explain=True,
                 from_statuses=[RunStatus.QUEUED.value],
             )
             continue
-        repaired += _requeue_or_fail(queue, run)
+        repaired += _requeue_or_fail(queue, run, _queued_age(run, now, config))
     return repaired
 
 
-def _requeue_or_fail(queue, run):
+def _queued_age(run, now, config):
+    return {
+        "queued_for": round((now - run.queued_at).total_seconds(), 3),
+        "requeue_after": config["REQUEUE_AFTER"],
+        # queued_at comes from the web process's clock when it launched the run.
+        "clock": "database, against the web process's queued_at",
+    }
+
+
+def _requeue_or_fail(queue, run, queued_age):
     if run.requeue_count == 0:
         new_attempt = run.attempt + 1
         new_job_id = queueing.job_id(run.id, new_attempt)
@@ -256,7 +333,11 @@ def _requeue_or_fail(queue, run):
             "check that Redis keeps its data (appendonly) and launch the run again",
             decided_by="sweep",
             reason_code="job_lost",
-            evidence={"rq_job": run.job_id, "requeue_count": run.requeue_count},
+            evidence={
+                "rq_job": run.job_id,
+                "requeue_count": run.requeue_count,
+                **queued_age,
+            },
             explain=True,
             from_statuses=[RunStatus.QUEUED.value],
         )
@@ -289,7 +370,14 @@ def reap_host(hostname, finalize=True):
                 reason,
                 reason_code="horse_gone",
                 decided_by="sweep",
-                evidence={"horse_pid": run.horse_pid, "rq_job": run.job_id},
+                evidence={
+                    "horse_pid": run.horse_pid,
+                    "horse_started": run.horse_started,
+                    "pid_now_started": process.start_time(run.horse_pid),
+                    "checked_on": hostname,
+                    "clock": "process table",
+                    "rq_job": run.job_id,
+                },
             )
         return counts
 
