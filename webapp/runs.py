@@ -60,6 +60,7 @@ def detail(run_id):
         data=history.detail_dict(run),
         output=ansi.to_html("".join(history.iter_output(run_id))),
         last_chunk=history.last_chunk_id(run_id),
+        health=history.health,
     )
 
 
