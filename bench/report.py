@@ -43,7 +43,7 @@ def _why_overhead(results, key):
         "ansible-playbook in ansible-runner (private data folder, pexpect terminal, "
         "an event file per callback, pexpect's close delays) plus the monitor's last "
         "output copy and the compare-and-set that ends the run, and on this loaded "
-        "machine each of these waits for a core." + alone
+        "machine each of these waits for a core." + alone.rstrip(".")
     )
 
 
@@ -81,9 +81,12 @@ def _why_sweep_stale(results):
 def _why_memory(results):
     memory = results["memory"]
     return (
-        f"the worker and its horse peaked at {memory['worker_peak_mb']} MB PSS; the "
-        "worker process imports Flask, SQLAlchemy, RQ and ansible-runner before it "
-        "forks, and the horse holds up to one 1 MB output chunk at a time"
+        f"the worker and its horse peaked at {memory['worker_peak_mb']} MB PSS while the "
+        f"run printed {memory['output_mb']} MB; in quick mode, with well under 1 MB of "
+        "output, the same pair stays near 100 MB, so the excess grows with the output "
+        "the horse handles (ansible-runner's event callbacks and pexpect buffer, and "
+        "Shepherd's copy of up to 1 MB per chunk). Which of these holds the memory was "
+        "not profiled in this run"
     )
 
 

@@ -141,7 +141,7 @@ def measure(stack, settings):
     )
     seeded = phase("seed the history", scale.seed, stack.app, settings["rows"])
     results["seeded"] = seeded
-    pages = scale.history_pages(stack, seeded)
+    pages = scale.history_pages(seeded)
     results["history"] = phase(
         "history at scale", scale.time_pages, stack, pages, settings["page_repeats"]
     )

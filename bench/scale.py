@@ -149,7 +149,7 @@ def _seed_row(rng, run_id, queued_at):
     }
 
 
-def history_pages(stack, seeded):
+def history_pages(seeded):
     """Return {name: path} of the pages timed over the seeded history."""
     deep = seeded["first_id"] + seeded["rows"] // 10
     return {
