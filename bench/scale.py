@@ -245,6 +245,10 @@ def sweep_stale(app, seeded, stale, repeats):
     for _ in range(repeats):
         make_stale(app, seeded, stale, rng)
         elapsed, counts = _sweep_once(app)
+        if counts["stale_heartbeat"] != stale:
+            raise RuntimeError(
+                f"the sweep ended {counts['stale_heartbeat']} of {stale} stale runs"
+            )
         times.append(elapsed)
         ended.append(counts["stale_heartbeat"])
     make_stale(app, seeded, stale, rng)
