@@ -65,9 +65,24 @@ def sweep(connection, queue, watch=None):
     return counts
 
 
+RUN_COLUMNS = (
+    Deployment.id,
+    Deployment.attempt,
+    Deployment.job_id,
+    Deployment.heartbeat_at,
+    Deployment.worker_name,
+    Deployment.hostname,
+    Deployment.horse_pid,
+    Deployment.horse_started,
+)
+
+
 def _running_runs(*conditions):
-    return db.session.scalars(
-        select(Deployment).where(
+    # Plain rows, not ORM objects: ending a run commits, and every commit
+    # expires every object in the session, so loading n runs as objects made
+    # a sweep that ends them cost n * n expirations.
+    return db.session.execute(
+        select(*RUN_COLUMNS).where(
             Deployment.status == RunStatus.RUNNING.value, *conditions
         )
     ).all()
