@@ -22,11 +22,15 @@ run: install
 	$(BIN)/flask --app webapp users check
 	$(BIN)/honcho start
 
+# Two test processes share the machine's cores; tests marked serial (CPU
+# saturation, benchmarks) then run alone, so they disturb no other test.
 test: install-test
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 -m "not serial"
+	$(BIN)/pytest -m serial
 
 test-postgres: install-test
-	TEST_DATABASE_URL=$${TEST_DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/shepherd_test} $(BIN)/pytest
+	TEST_DATABASE_URL=$${TEST_DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/shepherd_test} $(BIN)/pytest -n 2 -m "not serial"
+	TEST_DATABASE_URL=$${TEST_DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/shepherd_test} $(BIN)/pytest -m serial
 
 bench: install-test
 	$(BIN)/python bench/run.py

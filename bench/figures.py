@@ -18,7 +18,7 @@ from datetime import datetime
 
 import psutil
 import requests
-from stack import BenchError, wait_for
+from stack import TRIVIAL, BenchError, wait_for
 from stats import summary
 
 MARK = re.compile(r"bench-mark (\d+\.\d+)")
@@ -29,14 +29,14 @@ def _timestamp(iso):
     return datetime.fromisoformat(iso).timestamp() if iso else None
 
 
-def _shepherd_one(stack, playbook="ping.yml", **fields):
+def _shepherd_one(stack, playbook=TRIVIAL, **fields):
     """Launch one run and wait for its terminal status; return (seconds, run, t0).
 
     The run dict gains ``_launched`` (client time before the POST),
     ``_created`` (client time the POST returned) and ``_seen`` (client time
     the terminal status was first read).
     """
-    session = requests.Session()
+    session = stack.new_session()
     started = time.time()
     run = stack.launch(playbook, session=session, **fields)
     created = time.time()
@@ -57,7 +57,7 @@ def shepherd_batch(stack, count, tracker):
     return last - first, [run for _, run, _ in results]
 
 
-def bare_batch(stack, count, playbook="ping.yml"):
+def bare_batch(stack, count, playbook=TRIVIAL):
     """Run ``count`` bare ansible-playbook processes at once; return seconds."""
     logs = [open(os.devnull, "wb") for _ in range(count)]
     started = time.time()
@@ -89,7 +89,7 @@ print(json.dumps({"seconds": time.time() - started, "rc": result.rc}))
 """
 
 
-def runner_alone(stack, index, playbook="ping.yml"):
+def runner_alone(stack, index, playbook=TRIVIAL):
     """Time ``ansible_runner.run`` alone, inside its own process; return seconds.
 
     Uses Shepherd's runner settings (quiet, pexpect timeout) without its
@@ -224,7 +224,7 @@ def throughput(stack, runs, block, tracker):
 
 def _shepherd_block(stack, count, tracker):
     started = time.time()
-    ids = {stack.launch("ping.yml")["id"] for _ in range(count)}
+    ids = {stack.launch(TRIVIAL)["id"] for _ in range(count)}
     tracker.extend(ids)
     wait_for(
         lambda: not (ids & stack.active_ids()),
@@ -370,7 +370,10 @@ def live_output(stack, repeats, lines, tracker):
 def _stream_latencies(stack, run_id):
     latencies = []
     with requests.get(
-        f"{stack.url}/runs/{run_id}/events", stream=True, timeout=120
+        f"{stack.url}/runs/{run_id}/events",
+        headers=stack.headers,
+        stream=True,
+        timeout=120,
     ) as response:
         response.raise_for_status()
         event = None

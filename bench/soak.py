@@ -42,6 +42,10 @@ def _environment(directory, redis_url, settings):
     shutil.copytree(ROOT / "playbooks", playbooks)
     for path in TEST_PLAYBOOKS.glob("*.yml"):
         shutil.copy(path, playbooks / path.name)
+    # The soak keeps several runs on localhost at once. With host leases
+    # they would wait for each other instead of running side by side.
+    sleep = playbooks / "sleep.yml"
+    sleep.write_text("# leases: none\n" + sleep.read_text())
     return {
         "INSTANCE_DIR": str(directory / "instance"),
         "DATABASE_URL": f"sqlite:///{directory}/shepherd.db",
@@ -53,6 +57,16 @@ def _environment(directory, redis_url, settings):
         "LOG_LEVEL": "INFO",
         **settings,
     }
+
+
+def _admin_token(app):
+    """Create an admin user in the soak's database and return an API token of it."""
+    from webapp import auth
+
+    with app.app_context():
+        user = auth.create_user("soak-admin", "admin")
+        _, token = auth.create_token(user, label="soak")
+    return token
 
 
 def _burn(seconds):
@@ -121,6 +135,7 @@ def measure_false_verdicts(duration=600.0, in_flight=8, settings=None):
         )
         burners = _burn(duration)
         client = app.test_client()
+        client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {_admin_token(app)}"
 
         run_ids, max_age = [], 0.0
         deadline = time.monotonic() + duration

@@ -61,7 +61,7 @@ def test_form_launch_records_signed_in_user(app, anon_client):
 
     assert response.status_code == 302
     run_page = anon_client.get(response.headers["Location"]).get_data(as_text=True)
-    assert "<td>carol (manual)</td>" in run_page
+    assert ">carol (manual)</dd>" in run_page
     assert events(app, "launch")[0]["actor"] == "carol"
 
 

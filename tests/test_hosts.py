@@ -31,8 +31,8 @@ def test_lost_host_run_ended_by_other_host(client, processes):
         host_a: processes.worker(env={**FAST, "SHEPHERD_HOSTNAME": host_a}),
         host_b: processes.worker(env={**FAST, "SHEPHERD_HOSTNAME": host_b}),
     }
-    first = launch(client, "sleep.yml", extra_vars={"seconds": 20})
-    second = launch(client, "sleep.yml", extra_vars={"seconds": 20})
+    first = launch(client, "sleep_shared.yml", extra_vars={"seconds": 20})
+    second = launch(client, "sleep_shared.yml", extra_vars={"seconds": 20})
     runs = [wait_status(client, r["id"], "running") for r in (first, second)]
     by_host = {run["hostname"]: run for run in runs}
     assert set(by_host) == {host_a, host_b}

@@ -237,7 +237,7 @@ def test_leases_survive_redis_restart(client, processes, redis_server):
     # The sweep enqueues the lost job again, and the new try waits too.
     requeued = wait_for(
         lambda: (run := get_run(client, second["id"]))["attempt"] == 2 and run,
-        30,
+        60,
         message="the lost job to be enqueued again",
     )
     assert requeued["status"] == "queued"

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from aiosmtpd.controller import Controller
-from conftest import free_port, launch, wait_for, wait_status
+from conftest import free_port, launch, token_client, wait_for, wait_status
 from sqlalchemy import select
 
 from jobs import notify, state
@@ -170,7 +170,7 @@ def test_failed_delivery_recorded_after_retries(notify_env, monkeypatch, process
     app = create_app({"TESTING": True})
     with app.app_context():
         db.create_all()
-    client = app.test_client()
+    client = token_client(app, "admin", "admin")
     processes.worker()
     # The scheduler puts each retry back on the queue when its interval is over.
     processes.scheduler()

@@ -674,7 +674,7 @@ def test_overlap_allow_runs_both(app, client, processes):
     processes.scheduler()
     schedule = create(
         client,
-        playbook="sleep.yml",
+        playbook="sleep_shared.yml",
         extra_vars={"seconds": 3},
         cron="* * * * * */2",
         overlap="allow",

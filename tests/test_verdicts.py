@@ -26,6 +26,9 @@ from webapp import history
 from webapp.extensions import db
 from webapp.models import Deployment, database_time
 
+# These load the whole machine or measure time: they run alone (make test).
+pytestmark = pytest.mark.serial
+
 TERMINAL = {"successful", "failed", "timeout", "canceled", "abandoned"}
 # One-second heartbeats and sweeps keep the suite fast; the grace is four
 # heartbeats.
@@ -141,7 +144,7 @@ def test_cpu_saturation_no_false_verdict(app, client, processes):
 
     with cpu_burners(seconds=150):
         runs = [
-            launch(client, "sleep.yml", extra_vars={"seconds": 20}, timeout=280)
+            launch(client, "sleep_shared.yml", extra_vars={"seconds": 20}, timeout=280)
             for _ in range(4)
         ] + [
             launch(client, "count.yml", extra_vars={"count": 20}, timeout=280)
@@ -189,7 +192,7 @@ def test_skewed_clocks_no_false_verdict(app, client, processes, shepherd_env):
     skewed_workers = start_workers(processes, 2, behind)
     scheduler = processes.scheduler(env=ahead)
     runs = [
-        launch(client, "sleep.yml", extra_vars={"seconds": 15}, timeout=120)
+        launch(client, "sleep_shared.yml", extra_vars={"seconds": 15}, timeout=120)
         for _ in range(2)
     ]
     for run in runs:
@@ -443,7 +446,7 @@ def test_redis_restart_no_false_verdict(app, client, processes, redis_server):
     workers = [processes.worker(env=FAST), processes.worker(env=FAST)]
     processes.scheduler(env=FAST)
     runs = [
-        launch(client, "sleep.yml", extra_vars={"seconds": 12}, timeout=120)
+        launch(client, "sleep_shared.yml", extra_vars={"seconds": 12}, timeout=120)
         for _ in range(2)
     ]
     for run in runs:
