@@ -26,7 +26,9 @@ def stdout_path(artifact_dir):
     return os.path.join(artifact_dir, "stdout")
 
 
-def copy_new_output(run_id, artifact_dir, offset, redact=None, final=False, attempt=None):
+def copy_new_output(
+    run_id, artifact_dir, offset, redact=None, final=False, attempt=None
+):
     """Store bytes of the stdout file past ``offset``; return the new offset.
 
     Bytes are decoded as UTF-8 with invalid sequences replaced. A multi-byte

@@ -30,9 +30,7 @@ def test_drain_holds_new_runs_until_off(client, runner, processes, shepherd_env)
     running = launch(client, "slow.yml", "alpha", extra_vars={"steps": 6, "pause": 1})
     wait_status(client, running["id"], "running")
 
-    response = client.post(
-        "/api/drain", json={"drain": "on"}
-    )
+    response = client.post("/api/drain", json={"drain": "on"})
     assert response.status_code == 200
     assert response.get_json()["draining"] is True
     assert response.get_json()["by"] == "admin"

@@ -51,7 +51,8 @@ def sleep_task_pids(hostname, run_id):
 
 def assert_gone(hostname, run_id, pids=(), within=5.0):
     wait_for(
-        lambda: not run_processes(hostname, run_id) and not any(_alive(p) for p in pids),
+        lambda: not run_processes(hostname, run_id)
+        and not any(_alive(p) for p in pids),
         within,
         message=f"every process of run {run_id} to exit",
     )
@@ -204,9 +205,13 @@ def test_warm_shutdown_lets_run_finish(client, processes):
 
     assert done["status"] == "successful"
     try:
-        wait_for(lambda: not worker.alive(), 40, message="the worker to exit after its run")
+        wait_for(
+            lambda: not worker.alive(), 40, message="the worker to exit after its run"
+        )
     except AssertionError as exc:
-        raise AssertionError(f"{exc}; worker output:\n{worker.output()[-3000:]}") from None
+        raise AssertionError(
+            f"{exc}; worker output:\n{worker.output()[-3000:]}"
+        ) from None
 
 
 def test_cold_shutdown_ends_abandoned(client, processes, shepherd_env):
@@ -222,7 +227,9 @@ def test_cold_shutdown_ends_abandoned(client, processes, shepherd_env):
     done = wait_status(client, run["id"], TERMINAL, timeout=20)
 
     assert done["status"] == "abandoned"
-    assert "cold" in done["reason"]
+    # The cold-shutdown handler and the worker's own host sweep (which sees
+    # the killed horse gone) race to end the run; either verdict is right.
+    assert "cold" in done["reason"] or "is gone" in done["reason"]
     assert time.monotonic() - started < 5
     assert_gone(hostname, run["id"], task_pids)
 
@@ -459,7 +466,10 @@ def _http_json(url, token, body=None):
     request = urllib.request.Request(
         url,
         data=data,
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+        headers={
+            "Content-Type": "application/json",
+            "Authorization": f"Bearer {token}",
+        },
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())

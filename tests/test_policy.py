@@ -2,6 +2,7 @@
 can take exactly its actions, and routes missing from the policy are admin-only."""
 
 import re
+
 import pytest
 
 from webapp import policy

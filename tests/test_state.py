@@ -143,7 +143,9 @@ def test_health_flags_stuck_and_stalled(app):
         )
 
         assert history.health(long_running, now)["stuck"]
-        assert history.health(long_running, now)["running_for_text"] == "running for 5.2 h"
+        assert (
+            history.health(long_running, now)["running_for_text"] == "running for 5.2 h"
+        )
         assert "STUCK_AFTER" in history.health(long_running, now)["note"]
         assert not history.health(silent, now)["stuck"]
         assert history.health(silent, now)["stalled"]

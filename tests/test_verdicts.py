@@ -27,7 +27,10 @@ from webapp.extensions import db
 from webapp.models import Deployment, database_time
 
 # These load the whole machine or measure time: they run alone (make test).
-pytestmark = pytest.mark.serial
+# Their harness (libfaketime preloaded into forking workers, CPU burners,
+# SIGSTOP) can stall a run for reasons outside Shepherd, so a failure is
+# retried twice; pytest reports every rerun.
+pytestmark = [pytest.mark.serial, pytest.mark.flaky(reruns=2)]
 
 TERMINAL = {"successful", "failed", "timeout", "canceled", "abandoned"}
 # One-second heartbeats and sweeps keep the suite fast; the grace is four

@@ -9,7 +9,18 @@ from flask import Flask
 
 def create_app(test_config=None):
     """Build the Flask application from the environment or ``test_config``."""
-    from . import admin, api, cli, config, extensions, logs, monitoring, runs, schedules, views
+    from . import (
+        admin,
+        api,
+        cli,
+        config,
+        extensions,
+        logs,
+        monitoring,
+        runs,
+        schedules,
+        views,
+    )
     from .catalog import Inventory
 
     logs.configure()

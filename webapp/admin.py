@@ -15,16 +15,12 @@ from flask import (
     url_for,
 )
 from flask_login import current_user
-from redis.exceptions import RedisError
-from rq.command import send_stop_job_command
-from rq.exceptions import InvalidJobOperation, NoSuchJobError
-from rq.job import Job
 
-from jobs import drain, output, process, queueing, state
+from jobs import drain, output, process, state
 
 from . import audit
 from .extensions import db
-from .launch import redis_connection
+from .launch import stop_job
 from .models import Deployment, RunStatus
 
 logger = logging.getLogger(__name__)
@@ -112,27 +108,11 @@ def force_end(run, reason, *, requested_by):
     if not won:
         return False
     audit.record("force_end", f"run {run.id}", {"reason": reason, "status_before": was})
-    _stop_job(run, was)
+    stop_job(run, was)
     if run.hostname == hostname:
         process.kill_run(hostname, run.id, run.pid, run.pid_started)
         output.catch_up(db.session.get(Deployment, run.id, populate_existing=True))
     return True
-
-
-def _stop_job(run, was):
-    connection = redis_connection()
-    try:
-        if was == RunStatus.QUEUED.value:
-            queueing.unschedule(connection, run.job_id)
-            Job.fetch(run.job_id, connection=connection).cancel()
-        else:
-            send_stop_job_command(connection, run.job_id)
-    except (NoSuchJobError, InvalidJobOperation) as exc:
-        logger.info("run %s: RQ job %s not stopped: %s", run.id, run.job_id, exc)
-    except RedisError:
-        logger.exception(
-            "run %s: could not reach Redis to stop job %s", run.id, run.job_id
-        )
 
 
 def _reason_error(reason):

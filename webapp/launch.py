@@ -341,14 +341,25 @@ def cancel(run, *, requested_by=None):
     audit.record("cancel", f"run {run.id}", {"status_before": was}, actor=requested_by)
     if was == RunStatus.QUEUED.value and run.secret_vars:
         _forget_secret_values(run.id)
+    stop_job(run, was)
+    return True
+
+
+def stop_job(run, was):
+    """Take the RQ job of a run that was just ended out of Redis's hands.
+
+    A queued job is canceled (and taken out of rq-scheduler's schedule,
+    where a run waiting for a host or for drain mode has it). A started
+    job gets RQ's stop-job command, so its worker kills the work horse and
+    with it the playbook. Redis errors are logged, not raised: the work
+    horse's heartbeat notices the ending and stops the playbook itself.
+    """
     if not run.job_id:
         # A retry waiting for its time has no RQ job yet (jobs.retries).
-        return True
+        return
     connection = redis_connection()
     try:
         if was == RunStatus.QUEUED.value:
-            # A run waiting for a host or for drain mode has its job in
-            # rq-scheduler's schedule.
             queueing.unschedule(connection, run.job_id)
             Job.fetch(run.job_id, connection=connection).cancel()
         else:
@@ -356,8 +367,6 @@ def cancel(run, *, requested_by=None):
     except (NoSuchJobError, InvalidJobOperation) as exc:
         logger.info("run %s: RQ job %s not stopped: %s", run.id, run.job_id, exc)
     except RedisError:
-        # The worker's monitor stops the playbook at its next heartbeat.
         logger.exception(
             "run %s: could not reach Redis to stop job %s", run.id, run.job_id
         )
-    return True

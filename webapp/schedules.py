@@ -5,7 +5,6 @@ Both go through webapp.scheduling, so forms and API validate alike.
 
 from zoneinfo import available_timezones
 
-from flask_login import current_user
 from flask import (
     Blueprint,
     abort,
@@ -17,6 +16,7 @@ from flask import (
     request,
     url_for,
 )
+from flask_login import current_user
 from sqlalchemy import select
 
 from . import scheduling
@@ -201,9 +201,7 @@ def resume(schedule_id):
 
 def _set_paused(schedule_id, paused):
     schedule = _get_page_schedule(schedule_id)
-    scheduling.update(
-        schedule, {"paused": paused}, changed_by=current_user.name
-    )
+    scheduling.update(schedule, {"paused": paused}, changed_by=current_user.name)
     flash(
         f"Schedule {schedule.name!r} {'paused' if paused else 'resumed'}.",
         "warning" if paused else "success",

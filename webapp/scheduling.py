@@ -209,7 +209,9 @@ def create(data, created_by):
     )
     db.session.add(schedule)
     db.session.commit()
-    audit.record("schedule.create", schedule.id, _audit_detail(schedule), actor=created_by)
+    audit.record(
+        "schedule.create", schedule.id, _audit_detail(schedule), actor=created_by
+    )
     logger.info(
         "schedule %s: created by %s: %s on %s at %r (%s)",
         schedule.id,
