@@ -26,7 +26,7 @@ ARTIFACT_CLEANUP_INTERVAL = 60.0
 
 
 def wait_for_redis(connection, url, timeout=30.0):
-    """Return once Redis answers; exit with a clear message after ``timeout``."""
+    """Return once Redis responds to PING; exit with a clear message after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
         try:

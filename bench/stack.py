@@ -295,7 +295,7 @@ class Stack:
         self.workers = [w for w in self.workers if w.alive()]
         while len(self.workers) > count:
             # An idle RQ worker may wait for its dequeue to time out before
-            # it obeys SIGTERM; it holds no job, so a short grace is enough.
+            # it obeys SIGTERM; it runs no job, so a short grace is enough.
             self.workers.pop().stop(timeout=3)
         while len(self.workers) < count:
             self.start_worker()

@@ -280,7 +280,7 @@ def deliver_notification(delivery_id):
     attempt and the job raises, so RQ retries it; after the last retry the
     row is marked failed.
     """
-    # The work horse is forked from a worker that holds pooled connections.
+    # The work horse is forked from a worker that has pooled connections open.
     db.engine.dispose(close=False)
     delivery = db.session.get(NotificationDelivery, delivery_id)
     if delivery is None or delivery.status == "sent":

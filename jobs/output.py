@@ -3,7 +3,7 @@
 ansible-runner writes everything the playbook prints to
 ``<artifact_dir>/stdout`` and flushes it after every event. The work horse
 copies new bytes from there every fraction of a second; when the horse dies,
-whoever finalizes the run on the same host copies what is left, so nothing
+the process that ends the run on the same host copies what is left, so nothing
 printed before a fault is lost.
 """
 

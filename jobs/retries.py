@@ -202,7 +202,7 @@ def after_ending(run):
 
     Runs inside the transaction in which the ending won (jobs.state.finish),
     before its commit, so no reader sees the run terminal when it is retried.
-    ``run`` is the row as that transaction sees it. Returns a log message
+    ``run`` is the row as read in that transaction. Returns a log message
     when a retry was scheduled, else None.
     """
     try:

@@ -58,7 +58,7 @@ def redactor(values):
             needles.add(json.dumps(leaf)[1:-1])
     if not needles:
         return None
-    # Longest first, so that a value containing another is masked whole.
+    # Longer values first, so that a value containing another is masked whole.
     ordered = sorted(needles, key=len, reverse=True)
 
     def redact(text):

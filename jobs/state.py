@@ -213,7 +213,7 @@ def finish(
 
 
 def explain(run_id, status, reason):
-    """Append the line that says why a run ended to its output."""
+    """Append the reason a run ended to its output."""
     db.session.add(
         OutputChunk(
             deployment_id=run_id,

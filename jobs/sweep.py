@@ -26,8 +26,8 @@ logger = logging.getLogger(__name__)
 
 LAST_SWEEP_KEY = "shepherd:sweep:last"
 # Seconds a sweep may wait for SQLite's write lock before it treats the
-# database as congested and postpones heartbeat verdicts; a write
-# transaction normally holds the lock for milliseconds.
+# database as congested and postpones heartbeat verdicts. A write
+# transaction normally keeps the lock for milliseconds.
 CONGESTED_WAIT = 0.25
 # Seconds after a run ended before its RQ job may be moved out of the
 # started registry by a sweep.

@@ -1,4 +1,4 @@
-"""Fault injection: every run ends in a terminal state soon, says why and leaves nothing.
+"""Fault injection: every run ends in a terminal state soon, with a reason, and leaves nothing.
 
 Real Redis, real worker and scheduler processes, real ansible-playbook and
 real signals. Each case checks the final status, the reason, a time bound
@@ -227,7 +227,7 @@ def test_cold_shutdown_ends_abandoned(client, processes, shepherd_env):
     done = wait_status(client, run["id"], TERMINAL, timeout=20)
 
     assert done["status"] == "abandoned"
-    # The cold-shutdown handler and the worker's own host sweep (which sees
+    # The cold-shutdown handler and the worker's own host sweep (which finds
     # the killed horse gone) race to end the run; either verdict is right.
     assert "cold" in done["reason"] or "is gone" in done["reason"]
     assert time.monotonic() - started < 5

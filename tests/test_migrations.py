@@ -1,4 +1,4 @@
-"""Migrations: upgrading a database that already holds runs keeps every row."""
+"""Migrations: upgrading a database that already contains runs keeps every row."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""Runs over SSH: a real sshd on a loopback port, and a host that never answers."""
+"""Runs over SSH: a real sshd on a loopback port, and a host that never responds."""
 
 import os
 import shutil

@@ -28,8 +28,8 @@ from webapp.models import Deployment, database_time
 
 # These load the whole machine or measure time: they run alone (make test).
 # Their harness (libfaketime preloaded into forking workers, CPU burners,
-# SIGSTOP) can stall a run for reasons outside Shepherd, so a failure is
-# retried twice; pytest reports every rerun.
+# SIGSTOP) can stall a run for reasons outside Shepherd. So a failure is
+# retried twice, and pytest reports every rerun.
 pytestmark = [pytest.mark.serial, pytest.mark.flaky(reruns=2)]
 
 TERMINAL = {"successful", "failed", "timeout", "canceled", "abandoned"}

@@ -19,6 +19,7 @@ from flask_login import current_user
 from jobs import drain, output, process, state
 
 from . import audit
+from .api import error
 from .extensions import db
 from .launch import stop_job
 from .models import Deployment, RunStatus
@@ -35,15 +36,6 @@ def _user():
     return current_user.name
 
 
-def _error(status, message, value=None, field=None):
-    body = {"error": message, "message": message}
-    if field is not None:
-        body["field"] = field
-    if value is not None:
-        body["value"] = value
-    return jsonify(body), status
-
-
 @bp.get("/api/drain")
 def drain_status():
     return jsonify(drain.status())
@@ -55,7 +47,7 @@ def drain_api():
     value = body.get("drain") if isinstance(body, dict) else None
     # 1 and 0 compare equal to True and False, so check the type first.
     if not isinstance(value, (bool, str)) or value not in ON_WORDS:
-        return _error(
+        return error(
             400,
             f'Invalid drain {value!r}: send {{"drain": "on"}} or {{"drain": "off"}}.',
             value,
@@ -129,15 +121,15 @@ def _reason_error(reason):
 def force_end_api(run_id):
     run = db.session.get(Deployment, run_id)
     if run is None:
-        return _error(404, f"Deployment {run_id} not found.", run_id, "id")
+        return error(404, f"Deployment {run_id} not found.", run_id, "id")
     body = request.get_json(silent=True)
     reason = body.get("reason") if isinstance(body, dict) else None
     problem = _reason_error(reason)
     if problem:
-        return _error(400, problem, reason, "reason")
+        return error(400, problem, reason, "reason")
     if not run.is_active or not force_end(run, reason.strip(), requested_by=_user()):
         db.session.refresh(run)
-        return _error(
+        return error(
             409,
             f"Deployment {run_id} already ended as {run.status}.",
             run.status,

@@ -21,8 +21,8 @@ def list_attempts(run_id):
 def retry_summary(run, now=None):
     """Return the retry state of a run, or None for a run never retried.
 
-    ``label`` reads "attempt 2 of 3" while the run is active; ``note`` says
-    why a queued retry waits, for example "retrying in 25 s after:
+    ``label`` reads "attempt 2 of 3" while the run is active. ``note`` gives
+    the reason a queued retry waits, for example "retrying in 25 s after:
     unreachable: web01 (return code 4)".
     """
     if not run.retries:

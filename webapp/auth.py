@@ -1,4 +1,4 @@
-"""Who is asking: password sign-in with sessions, API bearer tokens, login limits.
+"""Authentication: password sign-in with sessions, API bearer tokens, login limits.
 
 Pages use a Flask-Login session cookie; the JSON API also accepts
 ``Authorization: Bearer <token>``. A request that carries that header is

@@ -321,9 +321,10 @@ def cancel(run, *, requested_by=None):
     """Cancel a queued or running run; return True if this request ended it.
 
     Audits the cancel, and deletes the secret values of a queued run from
-    Redis (a running job deletes its own when it ends). The row is ended first, so the worker's own handlers find it canceled;
-    then the RQ job is canceled (queued) or stopped (running), which kills the
-    work horse and with it the playbook.
+    Redis (a running job deletes its own when it ends). The row is ended
+    first, so the worker's own handlers find it canceled. Then the RQ job is
+    canceled (queued) or stopped (running), which kills the work horse and
+    with it the playbook.
     """
     requested_by = requested_by or audit.current_actor()
     reason = f"canceled by {requested_by}"

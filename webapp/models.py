@@ -446,7 +446,7 @@ def _iso(value):
 
 
 class Role(str, enum.Enum):
-    """What a user may do; each role includes the rights of the ones before it."""
+    """A user's level of rights: each role includes the rights of the ones before it."""
 
     VIEWER = "viewer"
     OPERATOR = "operator"

@@ -2,7 +2,7 @@
 
 Every metric is computed from SQL and Redis when it is scraped, by a custom
 collector, so the numbers are the same whichever gunicorn worker process
-answers and no multiprocess directory is needed.
+serves the scrape, and no multiprocess directory is needed.
 """
 
 import json
@@ -160,7 +160,7 @@ class RunCollector:
     def _redis_metrics(self):
         from jobs.sweep import LAST_SWEEP_KEY
 
-        up = GaugeMetricFamily("shepherd_redis_up", "1 when Redis answers, else 0.")
+        up = GaugeMetricFamily("shepherd_redis_up", "1 when Redis responds, else 0.")
         try:
             connection = _redis()
             depth = get_queue(current_app.config, connection).count

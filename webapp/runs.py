@@ -29,7 +29,7 @@ bp = Blueprint("runs", __name__, url_prefix="/runs")
 # How often the event stream looks for new output and status, in seconds.
 STREAM_POLL = 0.2
 # The stream closes after this long; browsers reconnect with Last-Event-ID.
-# NOTE: each open stream holds one server thread, so the Procfile's gunicorn
+# NOTE: each open stream occupies one server thread, so the Procfile's gunicorn
 # (2 workers of 8 threads) serves at most 16 streaming run pages at once.
 STREAM_MAX_SECONDS = 300
 # Seconds of silence after which the stream sends a comment line.

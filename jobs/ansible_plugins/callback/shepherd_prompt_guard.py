@@ -47,7 +47,7 @@ class CallbackModule(CallbackBase):
         sys.exit(PROMPT_EXIT_CODE)
 
     def v2_playbook_on_start(self, playbook):
-        # Ansible asks vars_prompt questions before any play-level callback,
+        # Ansible prompts for vars_prompt variables before any play-level callback,
         # and skips those answered by extra vars.
         from ansible.utils.vars import load_extra_vars
 
