@@ -43,10 +43,18 @@ def start_sleep_run(client, seconds=120, **fields):
 def sleep_task_pids(hostname, run_id):
     """Return the PIDs of the run's `sleep` task processes (in Ansible's own session)."""
     return wait_for(
-        lambda: [p.pid for p in run_processes(hostname, run_id) if p.name() == "sleep"],
+        lambda: [p.pid for p in run_processes(hostname, run_id) if _name(p) == "sleep"],
         30,
         message="the sleep task to start",
     )
+
+
+def _name(process):
+    # A process listed a moment ago may have exited since.
+    try:
+        return process.name()
+    except psutil.NoSuchProcess:
+        return None
 
 
 def assert_gone(hostname, run_id, pids=(), within=5.0):
