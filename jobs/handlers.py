@@ -190,6 +190,16 @@ class RunWorker(Worker):
         super().handle_work_horse_killed(job, retpid, ret_val, rusage)
         on_horse_killed(self, job, retpid, ret_val)
 
+    def unsubscribe(self):
+        # RQ stops its command listener after sending UNSUBSCRIBE. When the
+        # listener reads that reply before it learns to stop, it waits for
+        # another message for up to 60 s, and redis-py's stop() waits with
+        # it: the worker then lingers a minute after a warm shutdown. Asking
+        # the listener to stop first (without waiting) lets the reply end it.
+        if self.pubsub_thread is not None:
+            self.pubsub_thread.stop(timeout=0)
+        super().unsubscribe()
+
     def request_force_stop(self, signum, frame):
         job = self.get_current_job() if self.horse_pid else None
         try:

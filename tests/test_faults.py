@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -565,3 +566,29 @@ def test_rq_registry_repaired_after_worker_death(
         message="the RQ job to leave the started registry",
     )
     assert run["job_id"] in queue.failed_job_registry.get_job_ids(cleanup=False)
+
+
+
+def test_worker_stops_listening_even_when_it_reads_the_unsubscribe_reply_first(
+    redis_client,
+):
+    """The listener thread may read the UNSUBSCRIBE reply before it is told to
+    stop; it must not then wait a minute for the next message."""
+    from jobs.handlers import RunWorker
+
+    worker = RunWorker(["shepherd"], connection=redis_client, name="listener-test")
+    worker.subscribe()
+    wait_for(lambda: worker.pubsub.subscribed, 10, message="the subscription")
+    send_unsubscribe = worker.pubsub.unsubscribe
+
+    def unsubscribe_then_stall(*args):
+        send_unsubscribe(*args)
+        time.sleep(1)  # the listener reads the reply and waits again
+
+    worker.pubsub.unsubscribe = unsubscribe_then_stall
+    stopper = threading.Thread(target=worker.unsubscribe, daemon=True)
+    stopper.start()
+    stopper.join(15)
+
+    assert not stopper.is_alive(), "the worker still waits for its listener"
+    assert not worker.pubsub_thread.is_alive()
