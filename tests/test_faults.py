@@ -568,7 +568,6 @@ def test_rq_registry_repaired_after_worker_death(
     assert run["job_id"] in queue.failed_job_registry.get_job_ids(cleanup=False)
 
 
-
 def test_worker_stops_listening_even_when_it_reads_the_unsubscribe_reply_first(
     redis_client,
 ):
