@@ -120,10 +120,10 @@ def _free_ended(hosts):
     db.session.commit()
 
 
-def release(run_id):
-    """Delete a run's leases inside the caller's transaction, without committing."""
+def release(*run_ids):
+    """Delete the leases of runs inside the caller's transaction, without committing."""
     return db.session.execute(
-        delete(HostLease).where(HostLease.deployment_id == run_id)
+        delete(HostLease).where(HostLease.deployment_id.in_(run_ids))
     ).rowcount
 
 

@@ -143,20 +143,42 @@ def run_ended(run_id, status):
     Called once per run by jobs.state.finish, by whichever caller ended it.
     Never raises: a failure is logged and the run is unaffected.
     """
-    event = RUN_EVENTS.get(RunStatus(status).value)
-    if event is None:
+    return runs_ended([(run_id, status)])
+
+
+def runs_ended(endings):
+    """Enqueue the notifications for runs that have just ended; return how many.
+
+    ``endings`` holds (run id, terminal status) pairs. The routes are read
+    and the failure threshold checked once for the whole list, so a sweep
+    that ends many runs at once pays for them once. Never raises.
+    """
+    events = {
+        run_id: RUN_EVENTS[RunStatus(status).value]
+        for run_id, status in endings
+        if RunStatus(status).value in RUN_EVENTS
+    }
+    if not events:
         return 0
     try:
-        run = db.session.get(Deployment, run_id, populate_existing=True)
-        sent = notify(event, run)
-        if event in RUN_EVENTS.values():
-            sent += check_failure_threshold()
-        return sent
+        routes = load_routes(current_app.config)
+        sent = 0
+        if routes:
+            runs = db.session.scalars(
+                select(Deployment)
+                .where(Deployment.id.in_(events))
+                .execution_options(populate_existing=True)
+            )
+            for run in runs:
+                sent += notify(events[run.id], run, routes=routes)
+        return sent + check_failure_threshold()
     except Exception:
-        # Broad on purpose: the run has ended already, and an error here must
-        # not reach the worker, sweep or request that ended it.
+        # Broad on purpose: the runs have ended already, and an error here
+        # must not reach the worker, sweep or request that ended them.
         db.session.rollback()
-        logger.exception("run %s: could not enqueue %s notifications", run_id, event)
+        logger.exception(
+            "runs %s: could not enqueue notifications", ", ".join(map(str, events))
+        )
         return 0
 
 
@@ -192,10 +214,14 @@ def check_failure_threshold():
     return notify("failure_threshold", None, failures=failures, threshold=threshold)
 
 
-def notify(event, run, **details):
-    """Record and enqueue one delivery per matching channel; return how many."""
+def notify(event, run, routes=None, **details):
+    """Record and enqueue one delivery per matching channel; return how many.
+
+    ``routes`` defaults to the ones load_routes reads now.
+    """
     config = current_app.config
-    routes = load_routes(config)
+    if routes is None:
+        routes = load_routes(config)
     playbook = run.playbook if run is not None else None
     message = describe(event, run, details)
     payload = {
@@ -223,6 +249,8 @@ def notify(event, run, **details):
         )
         for channel, destination, body in deliveries
     ]
+    if not rows:
+        return 0
     db.session.add_all(rows)
     db.session.commit()
 

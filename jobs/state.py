@@ -16,8 +16,10 @@ a late write from an execution already declared dead changes nothing.
 """
 
 import logging
+from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 
 from webapp.extensions import db
 from webapp.models import (
@@ -187,7 +189,7 @@ def finish(
                 OutputChunk(
                     deployment_id=run_id,
                     attempt=run.attempt,
-                    text=f"\n[shepherd] {status.value}: {reason}\n",
+                    text=_explanation(status, reason),
                 )
             )
         # In this same transaction: record the attempt, maybe queue a retry.
@@ -214,13 +216,126 @@ def finish(
 
 def explain(run_id, status, reason):
     """Append the reason a run ended to its output."""
-    db.session.add(
-        OutputChunk(
-            deployment_id=run_id,
-            text=f"\n[shepherd] {RunStatus(status).value}: {reason}\n",
+    db.session.add(OutputChunk(deployment_id=run_id, text=_explanation(status, reason)))
+    db.session.commit()
+
+
+def _explanation(status, reason):
+    return f"\n[shepherd] {RunStatus(status).value}: {reason}\n"
+
+
+@dataclass
+class Ending:
+    """A sweep's verdict on one running run, judged on its heartbeat at ``last_heartbeat``."""
+
+    run_id: int
+    reason: str
+    reason_code: str
+    evidence: dict
+    last_heartbeat: datetime
+
+
+def finish_many(endings, status, *, decided_by):
+    """End many running runs in one transaction; return the ids this call ended.
+
+    Each ending is the compare-and-set of finish with ``last_heartbeat`` and
+    ``explain``: a run changes only if it is still active and no newer
+    heartbeat arrived. The winners' leases are released, their attempts
+    recorded (and retries queued) and their reasons appended to the output
+    before one commit, and their notifications are enqueued together.
+    """
+    status = RunStatus(status)
+    if not endings:
+        return []
+    now = database_time()
+    ids = [ending.run_id for ending in endings]
+    progress = dict(
+        db.session.execute(
+            select(Deployment.id, Deployment.progress).where(Deployment.id.in_(ids))
+        ).all()
+    )
+    table = Deployment.__table__
+    statement = (
+        update(table)
+        .where(
+            table.c.id == bindparam("b_id"),
+            table.c.status.in_(ACTIVE),
+            table.c.heartbeat_at <= bindparam("b_heartbeat"),
+        )
+        .values(
+            status=status.value,
+            reason=bindparam("b_reason"),
+            reason_code=bindparam("b_code"),
+            verdict=bindparam("b_verdict", type_=table.c.verdict.type),
+            finished_at=now,
         )
     )
+    connection = db.session.connection()
+    won = []
+    for ending in endings:
+        verdict = {
+            "code": ending.reason_code,
+            "decided_by": decided_by,
+            "decided_at": now.isoformat(),
+            "clock": "database",
+            "evidence": ending.evidence,
+        }
+        last_tasks = (progress.get(ending.run_id) or {}).get("host_last_task")
+        if last_tasks:
+            verdict["last_tasks"] = last_tasks
+        params = {
+            "b_id": ending.run_id,
+            "b_heartbeat": ending.last_heartbeat,
+            "b_reason": ending.reason,
+            "b_code": ending.reason_code,
+            "b_verdict": verdict,
+        }
+        if connection.execute(statement, params).rowcount == 1:
+            won.append(ending)
+
+    retried = {}
+    if won:
+        leases.release(*(ending.run_id for ending in won))
+        runs = db.session.scalars(
+            select(Deployment)
+            .where(Deployment.id.in_([ending.run_id for ending in won]))
+            .execution_options(populate_existing=True)
+        )
+        for run in runs:
+            db.session.add(
+                OutputChunk(
+                    deployment_id=run.id,
+                    attempt=run.attempt,
+                    text=_explanation(status, run.reason),
+                )
+            )
+            retry = retries.after_ending(run)
+            if retry:
+                retried[run.id] = retry
     db.session.commit()
+
+    for ending in won:
+        logger.warning(
+            "run %s: -> %s by %s: %s",
+            ending.run_id,
+            status.value,
+            decided_by,
+            ending.reason,
+        )
+        if ending.run_id in retried:
+            logger.warning("run %s: %s", ending.run_id, retried[ending.run_id])
+    lost = len(endings) - len(won)
+    if lost:
+        logger.info(
+            "%d %s verdict(s) by %s ignored: a heartbeat arrived or the run ended",
+            lost,
+            status.value,
+            decided_by,
+        )
+    notify.runs_ended(
+        [(ending.run_id, status) for ending in won if ending.run_id not in retried]
+    )
+    return [ending.run_id for ending in won]
 
 
 def requeue(run_id, attempt, job_id):

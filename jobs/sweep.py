@@ -78,6 +78,7 @@ RUN_COLUMNS = (
     Deployment.hostname,
     Deployment.horse_pid,
     Deployment.horse_started,
+    Deployment.pid,
 )
 
 
@@ -99,6 +100,18 @@ def _rq_status(connection, job_id):
         return Job.fetch(job_id, connection=connection).get_status(refresh=False)
     except NoSuchJobError:
         return None
+
+
+def _rq_statuses(connection, runs):
+    """Return the RQ status of each run's job (None when it has none), in one round trip."""
+    job_ids = [run.job_id for run in runs if run.job_id]
+    jobs = dict(
+        zip(job_ids, Job.fetch_many(job_ids, connection=connection), strict=True)
+    )
+    return [
+        jobs[run.job_id].get_status(refresh=False) if jobs.get(run.job_id) else None
+        for run in runs
+    ]
 
 
 def _heartbeat_ages(watch, quiet_for):
@@ -133,27 +146,22 @@ def end_stale_heartbeats(connection, config, watch=None):
     stale = list(_heartbeat_ages(watch, grace))
     if stale and _writes_congested(config, [run.id for run, _, _ in stale]):
         return 0
-    ended = 0
-    for run, age, now in stale:
-        rq_status = _rq_status(connection, run.job_id)
+    verdicts = []
+    statuses = _rq_statuses(connection, [run for run, _, _ in stale])
+    for (run, age, now), rq_status in zip(stale, statuses, strict=True):
         reason = (
             f"no heartbeat from worker {run.worker_name} on host {run.hostname} for "
             f"{age.seconds:.1f} s (grace {grace:g} s, {age.clock} clock); "
             "its worker is gone"
         )
-        ended += _end(
-            run,
-            reason,
-            "stale_heartbeat",
-            {
-                **age.evidence(),
-                "grace": grace,
-                "checked_at": now.isoformat(),
-                "rq_status": rq_status.value if rq_status else None,
-            },
-            age.heartbeat_at,
-        )
-    return ended
+        evidence = {
+            **age.evidence(),
+            "grace": grace,
+            "checked_at": now.isoformat(),
+            "rq_status": rq_status.value if rq_status else None,
+        }
+        verdicts.append((run, reason, evidence, age.heartbeat_at))
+    return _end(verdicts, "stale_heartbeat")
 
 
 def _writes_congested(config, run_ids):
@@ -199,9 +207,10 @@ def reconcile_running(connection, config, watch=None):
     died), so a fresh heartbeat always wins over RQ's registry.
     """
     quiet_for = 2 * config["HEARTBEAT_INTERVAL"]
-    ended = 0
-    for run, age, now in list(_heartbeat_ages(watch, quiet_for)):
-        rq_status = _rq_status(connection, run.job_id)
+    quiet = list(_heartbeat_ages(watch, quiet_for))
+    statuses = _rq_statuses(connection, [run for run, _, _ in quiet])
+    verdicts = []
+    for (run, age, now), rq_status in zip(quiet, statuses, strict=True):
         if rq_status not in RQ_ENDED:
             continue
         reason = (
@@ -209,19 +218,14 @@ def reconcile_running(connection, config, watch=None):
             f"running, and worker {run.worker_name} on host {run.hostname} sent no "
             f"heartbeat for {age.seconds:.1f} s ({age.clock} clock)"
         )
-        ended += _end(
-            run,
-            reason,
-            "rq_job_ended",
-            {
-                **age.evidence(),
-                "quiet_for": quiet_for,
-                "checked_at": now.isoformat(),
-                "rq_status": rq_status.value,
-            },
-            age.heartbeat_at,
-        )
-    return ended
+        evidence = {
+            **age.evidence(),
+            "quiet_for": quiet_for,
+            "checked_at": now.isoformat(),
+            "rq_status": rq_status.value,
+        }
+        verdicts.append((run, reason, evidence, age.heartbeat_at))
+    return _end(verdicts, "rq_job_ended")
 
 
 def reconcile_registries(connection, queue):
@@ -269,19 +273,42 @@ def reconcile_registries(connection, queue):
     return repaired
 
 
-def _end(run, reason, code, evidence, heartbeat_at):
-    # Compare-and-set on the heartbeat read for this judgement: one that
-    # arrived since then, while this sweeper was slow or frozen, wins.
-    return handlers.end_here(
-        run.id,
-        None,
-        RunStatus.ABANDONED,
-        reason,
-        reason_code=code,
-        decided_by="sweep",
-        evidence={"rq_job": run.job_id, **evidence},
-        last_heartbeat=heartbeat_at,
-    )
+def _end(verdicts, code):
+    """Abandon the runs judged in ``verdicts``, (run row, reason, evidence, heartbeat judged).
+
+    Each ending is a compare-and-set on the heartbeat read for the judgement:
+    one that arrived since, while this sweeper was slow or frozen, wins. A
+    run on this host goes through handlers.end_here, which kills what is left
+    of it and copies its last output; runs on other hosts end together in
+    one transaction.
+    """
+    hostname = current_app.config["HOSTNAME"]
+    remote = []
+    ended = 0
+    for run, reason, evidence, heartbeat_at in verdicts:
+        evidence = {"rq_job": run.job_id, **evidence}
+        if run.hostname == hostname or heartbeat_at is None:
+            ended += handlers.end_here(
+                run.id,
+                None,
+                RunStatus.ABANDONED,
+                reason,
+                reason_code=code,
+                decided_by="sweep",
+                evidence=evidence,
+                last_heartbeat=heartbeat_at,
+            )
+            continue
+        evidence = {
+            "worker": run.worker_name,
+            "host": run.hostname,
+            "pid": run.pid,
+            "last_heartbeat": heartbeat_at.isoformat(),
+            **evidence,
+        }
+        remote.append(state.Ending(run.id, reason, code, evidence, heartbeat_at))
+    ended += len(state.finish_many(remote, RunStatus.ABANDONED, decided_by="sweep"))
+    return ended
 
 
 def repair_queued(connection, queue, config):

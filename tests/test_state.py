@@ -7,7 +7,15 @@ from conftest import launch
 from jobs import state, sweep
 from webapp import history
 from webapp.extensions import db
-from webapp.models import Deployment, OutputChunk, RunStatus, database_time, utcnow
+from webapp.models import (
+    Attempt,
+    Deployment,
+    HostLease,
+    OutputChunk,
+    RunStatus,
+    database_time,
+    utcnow,
+)
 from webapp.redis_conn import get_queue
 
 
@@ -96,6 +104,56 @@ def test_stale_heartbeat_sweep_rule(app, redis_client):
         assert stale.verdict["evidence"]["heartbeat_age"] >= 60
         assert stale.verdict["evidence"]["grace"] == app.config["HEARTBEAT_GRACE"]
         assert fresh.status == "running"
+
+
+def test_finish_many_ends_runs_together(app, redis_client):
+    with app.app_context():
+        quiet_since = database_time() - timedelta(seconds=120)
+        runs = [
+            make_run(
+                attempt=1,
+                heartbeat_at=quiet_since,
+                worker_name=f"w{number}",
+                hostname=f"gone-{number}",
+                progress={"host_last_task": {f"web{number}": "Install packages"}},
+            )
+            for number in range(5)
+        ]
+        db.session.add_all(
+            HostLease(host=f"web{number}", deployment_id=run.id)
+            for number, run in enumerate(runs)
+        )
+        db.session.commit()
+        judged = [
+            state.Ending(run.id, "gone", "stale_heartbeat", {"n": 1}, run.heartbeat_at)
+            for run in runs
+        ]
+        # A heartbeat lands for the last run after the judgement: it wins.
+        assert state.heartbeat(runs[-1].id, 1)
+
+        ended = state.finish_many(judged, RunStatus.ABANDONED, decided_by="sweep")
+
+        assert sorted(ended) == sorted(run.id for run in runs[:-1])
+        for number, run in enumerate(runs[:-1]):
+            db.session.refresh(run)
+            assert run.status == "abandoned"
+            assert run.reason == "gone"
+            assert run.verdict["decided_by"] == "sweep"
+            assert run.verdict["evidence"] == {"n": 1}
+            assert run.verdict["last_tasks"] == {f"web{number}": "Install packages"}
+            texts = db.session.scalars(
+                db.select(OutputChunk.text).filter_by(deployment_id=run.id)
+            ).all()
+            assert texts == ["\n[shepherd] abandoned: gone\n"]
+            attempts = db.session.scalars(
+                db.select(Attempt).filter_by(deployment_id=run.id)
+            ).all()
+            assert [(a.number, a.status) for a in attempts] == [(1, "abandoned")]
+        db.session.refresh(runs[-1])
+        assert runs[-1].status == "running"
+        leased = db.session.scalars(db.select(HostLease.deployment_id)).all()
+        assert leased == [runs[-1].id]
+        assert state.finish_many(judged, RunStatus.ABANDONED, decided_by="sweep") == []
 
 
 def test_lost_queued_job_requeued_once_then_failed(app, redis_client):
