@@ -68,13 +68,17 @@ def _why_dispatch(results):
 def _why_sweep_stale(results):
     stale = results["sweep_stale"]
     return (
-        f"{stale['ms_per_stale_run']} ms per stale run: jobs.sweep.end_stale_heartbeats "
-        "ends runs one at a time through jobs.handlers.end_here, which rolls back, "
-        "reads the row again, then jobs.state.finish writes a compare-and-set UPDATE "
-        "and an explanation chunk and commits, each run its own transaction (see the "
-        "profile below). The cost is linear in the stale rows, as intended, but at "
-        f"{stale['ms']['p50'] / 100:.0f} times the 100 ms goal; batching the endings "
-        "into one transaction would be the fix, in shared code, and is not made here"
+        f"{stale['ms_per_stale_run']} ms per stale run. The sweep ends the stale runs "
+        "of other hosts in one transaction (jobs.state.finish_many), but each run "
+        "still gets its own compare-and-set UPDATE, so that a heartbeat landing "
+        "during the sweep saves that run alone, and its attempt and explanation rows "
+        "are ORM objects flushed at the commit. The profile below shows SQLAlchemy's "
+        "per-statement work, more than SQLite's, taking most of the time. The cost "
+        "grows with the stale rows, not the table, and is "
+        f"{stale['ms']['p50'] / 100:.0f} times the 100 ms goal. A set-based UPDATE "
+        "would need to report which rows passed their own heartbeat fence, which "
+        "UPDATE ... RETURNING does on both databases but not through one "
+        "executemany call"
     )
 
 

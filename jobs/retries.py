@@ -22,7 +22,7 @@ from pathlib import Path
 
 from flask import current_app
 from rq.job import Job
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 
 from webapp.catalog import read_header
 from webapp.extensions import db
@@ -165,12 +165,19 @@ def changed_hosts(run):
     return sorted(hosts)
 
 
-def decide(run):
-    """Return (seconds before a retry or None, policy, note) for an ended attempt."""
+def decide(run, policies=None):
+    """Return (seconds before a retry or None, policy, note) for an ended attempt.
+
+    ``policies`` caches the policy of each playbook across calls.
+    """
     status = RunStatus(run.status)
     if status in (RunStatus.SUCCESSFUL, RunStatus.CANCELED):
         return None, None, None
-    policy = policy_for(run.playbook)
+    if policies is None:
+        policies = {}
+    if run.playbook not in policies:
+        policies[run.playbook] = policy_for(run.playbook)
+    policy = policies[run.playbook]
     if policy.max_attempts <= 1:
         return None, policy, None
 
@@ -205,38 +212,62 @@ def after_ending(run):
     ``run`` is the row as read in that transaction. Returns a log message
     when a retry was scheduled, else None.
     """
-    try:
-        delay, policy, note = decide(run)
-    except Exception:
-        # A failed decision must not lose the ending it follows: no retry.
-        logger.exception("run %s: retry decision failed; not retried", run.id)
-        delay, policy, note = None, None, None
-    db.session.add(
-        Attempt(
-            deployment_id=run.id,
-            number=run.attempt,
-            status=run.status,
-            reason=run.reason,
-            reason_code=run.reason_code,
-            verdict=run.verdict,
-            worker_name=run.worker_name,
-            hostname=run.hostname,
-            started_at=run.started_at,
-            finished_at=run.finished_at,
-            rc=run.rc,
-            stats=run.stats,
-            retry_note=note,
-        )
-    )
-    if note and delay is None:
-        db.session.add(
-            OutputChunk(
-                deployment_id=run.id, attempt=run.attempt, text=f"[shepherd] {note}\n"
-            )
-        )
-    if delay is None:
-        return None
+    return after_endings([run]).get(run.id)
 
+
+def after_endings(runs):
+    """Run after_ending for many ended runs; return {run id: log message} for retries.
+
+    The attempts and notes are inserted with one statement each, so a sweep
+    that ends many runs pays for them once. ``runs`` may be ORM objects or
+    rows with the same attributes.
+    """
+    policies = {}
+    attempts, notes, due = [], [], []
+    for run in runs:
+        try:
+            delay, policy, note = decide(run, policies)
+        except Exception:
+            # A failed decision must not lose the ending it follows: no retry.
+            logger.exception("run %s: retry decision failed; not retried", run.id)
+            delay, policy, note = None, None, None
+        attempts.append(
+            {
+                "deployment_id": run.id,
+                "number": run.attempt,
+                "status": run.status,
+                "reason": run.reason,
+                "reason_code": run.reason_code,
+                "verdict": run.verdict,
+                "worker_name": run.worker_name,
+                "hostname": run.hostname,
+                "started_at": run.started_at,
+                "finished_at": run.finished_at,
+                "rc": run.rc,
+                "stats": run.stats,
+                "retry_note": note,
+            }
+        )
+        if delay is None:
+            if note:
+                notes.append(
+                    {
+                        "deployment_id": run.id,
+                        "attempt": run.attempt,
+                        "text": f"[shepherd] {note}\n",
+                    }
+                )
+        else:
+            due.append((run, policy, delay))
+    if attempts:
+        db.session.execute(insert(Attempt), attempts)
+    if notes:
+        db.session.execute(insert(OutputChunk), notes)
+    return {run.id: _queue_retry(run, policy, delay) for run, policy, delay in due}
+
+
+def _queue_retry(run, policy, delay):
+    """Queue an ended run again for its next attempt; return the log message."""
     number = (run.retries or 0) + 1
     db.session.add(
         OutputChunk(

@@ -16,10 +16,11 @@ a late write from an execution already declared dead changes nothing.
 """
 
 import logging
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, insert, select, update
 
 from webapp.extensions import db
 from webapp.models import (
@@ -36,6 +37,30 @@ from . import leases, notify, retries
 logger = logging.getLogger(__name__)
 
 ACTIVE = [s.value for s in ACTIVE_STATUSES]
+# Runs per claim in finish_many. Each claim reads its runs back through an
+# IN list of their ids, and SQLite accepts at most 32,766 bound values in
+# one statement (since SQLite 3.32).
+CLAIM_BATCH = 1000
+# What finish_many reads back of the runs it ended: enough to record their
+# attempts and decide their retries (jobs.retries).
+ENDED_COLUMNS = (
+    "id",
+    "playbook",
+    "check_mode",
+    "status",
+    "reason",
+    "reason_code",
+    "verdict",
+    "attempt",
+    "retries",
+    "worker_name",
+    "hostname",
+    "started_at",
+    "finished_at",
+    "rc",
+    "stats",
+    "progress",
+)
 
 
 def mark_running(
@@ -239,7 +264,7 @@ def finish_many(endings, status, *, decided_by):
     """End many running runs in one transaction; return the ids this call ended.
 
     Each ending is the compare-and-set of finish with ``last_heartbeat`` and
-    ``explain``: a run changes only if it is still active and no newer
+    ``explain``: a run changes only if it is still running and no newer
     heartbeat arrived. The winners' leases are released, their attempts
     recorded (and retries queued) and their reasons appended to the output
     before one commit, and their notifications are enqueued together.
@@ -248,83 +273,34 @@ def finish_many(endings, status, *, decided_by):
     if not endings:
         return []
     now = database_time()
-    ids = [ending.run_id for ending in endings]
-    progress = dict(
-        db.session.execute(
-            select(Deployment.id, Deployment.progress).where(Deployment.id.in_(ids))
-        ).all()
-    )
-    table = Deployment.__table__
-    statement = (
-        update(table)
-        .where(
-            table.c.id == bindparam("b_id"),
-            table.c.status.in_(ACTIVE),
-            table.c.heartbeat_at <= bindparam("b_heartbeat"),
-        )
-        .values(
-            status=status.value,
-            reason=bindparam("b_reason"),
-            reason_code=bindparam("b_code"),
-            verdict=bindparam("b_verdict", type_=table.c.verdict.type),
-            finished_at=now,
-        )
-    )
-    connection = db.session.connection()
-    won = []
-    for ending in endings:
-        verdict = {
-            "code": ending.reason_code,
-            "decided_by": decided_by,
-            "decided_at": now.isoformat(),
-            "clock": "database",
-            "evidence": ending.evidence,
-        }
-        last_tasks = (progress.get(ending.run_id) or {}).get("host_last_task")
-        if last_tasks:
-            verdict["last_tasks"] = last_tasks
-        params = {
-            "b_id": ending.run_id,
-            "b_heartbeat": ending.last_heartbeat,
-            "b_reason": ending.reason,
-            "b_code": ending.reason_code,
-            "b_verdict": verdict,
-        }
-        if connection.execute(statement, params).rowcount == 1:
-            won.append(ending)
+    ended = []
+    for start in range(0, len(endings), CLAIM_BATCH):
+        ended += _claim(endings[start : start + CLAIM_BATCH], status, decided_by, now)
 
     retried = {}
-    if won:
-        leases.release(*(ending.run_id for ending in won))
-        runs = db.session.scalars(
-            select(Deployment)
-            .where(Deployment.id.in_([ending.run_id for ending in won]))
-            .execution_options(populate_existing=True)
+    if ended:
+        leases.release(*(run.id for run in ended))
+        db.session.execute(
+            insert(OutputChunk),
+            [
+                {
+                    "deployment_id": run.id,
+                    "attempt": run.attempt,
+                    "text": _explanation(status, run.reason),
+                }
+                for run in ended
+            ],
         )
-        for run in runs:
-            db.session.add(
-                OutputChunk(
-                    deployment_id=run.id,
-                    attempt=run.attempt,
-                    text=_explanation(status, run.reason),
-                )
-            )
-            retry = retries.after_ending(run)
-            if retry:
-                retried[run.id] = retry
+        retried = retries.after_endings(ended)
     db.session.commit()
 
-    for ending in won:
+    for run in ended:
         logger.warning(
-            "run %s: -> %s by %s: %s",
-            ending.run_id,
-            status.value,
-            decided_by,
-            ending.reason,
+            "run %s: -> %s by %s: %s", run.id, status.value, decided_by, run.reason
         )
-        if ending.run_id in retried:
-            logger.warning("run %s: %s", ending.run_id, retried[ending.run_id])
-    lost = len(endings) - len(won)
+        if run.id in retried:
+            logger.warning("run %s: %s", run.id, retried[run.id])
+    lost = len(endings) - len(ended)
     if lost:
         logger.info(
             "%d %s verdict(s) by %s ignored: a heartbeat arrived or the run ended",
@@ -332,10 +308,75 @@ def finish_many(endings, status, *, decided_by):
             status.value,
             decided_by,
         )
-    notify.runs_ended(
-        [(ending.run_id, status) for ending in won if ending.run_id not in retried]
+    notify.runs_ended([(run.id, status) for run in ended if run.id not in retried])
+    return [run.id for run in ended]
+
+
+def _claim(endings, status, decided_by, now):
+    """Apply the compare-and-set of each ending; return the rows won.
+
+    One UPDATE per run, sent as a single executemany, writes the verdicts
+    with a fresh batch id. The rows that carry that id afterwards, read in
+    the same transaction, are the ones this call ended: the others lost to a
+    newer heartbeat or to another ending.
+    """
+    table = Deployment.__table__
+    ids = [ending.run_id for ending in endings]
+    progress = dict(
+        db.session.execute(
+            select(table.c.id, table.c.progress).where(table.c.id.in_(ids))
+        ).all()
     )
-    return [ending.run_id for ending in won]
+    batch = uuid.uuid4().hex
+    statement = (
+        update(table)
+        .where(
+            table.c.id == bindparam("b_id"),
+            table.c.status == RunStatus.RUNNING.value,
+            table.c.heartbeat_at <= bindparam("b_heartbeat"),
+        )
+        .values(
+            status=status.value,
+            finished_at=now,
+            reason=bindparam("b_reason"),
+            reason_code=bindparam("b_code"),
+            verdict=bindparam("b_verdict", type_=table.c.verdict.type),
+        )
+    )
+    db.session.connection().execute(
+        statement,
+        [
+            {
+                "b_id": ending.run_id,
+                "b_heartbeat": ending.last_heartbeat,
+                "b_reason": ending.reason,
+                "b_code": ending.reason_code,
+                "b_verdict": _sweep_verdict(ending, decided_by, now, progress, batch),
+            }
+            for ending in endings
+        ],
+    )
+    return db.session.execute(
+        select(*(table.c[name] for name in ENDED_COLUMNS)).where(
+            table.c.id.in_(ids),
+            Deployment.verdict["batch"].as_string() == batch,
+        )
+    ).all()
+
+
+def _sweep_verdict(ending, decided_by, now, progress, batch):
+    verdict = {
+        "code": ending.reason_code,
+        "batch": batch,
+        "decided_by": decided_by,
+        "decided_at": now.isoformat(),
+        "clock": "database",
+        "evidence": ending.evidence,
+    }
+    last_tasks = (progress.get(ending.run_id) or {}).get("host_last_task")
+    if last_tasks:
+        verdict["last_tasks"] = last_tasks
+    return verdict
 
 
 def requeue(run_id, attempt, job_id):
