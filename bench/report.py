@@ -88,9 +88,10 @@ def _why_memory(results):
         f"the worker and its horse peaked at {memory['worker_peak_mb']} MB PSS while the "
         f"run printed {memory['output_mb']} MB; in quick mode, with well under 1 MB of "
         "output, the same pair stays near 100 MB, so the excess grows with the output "
-        "the horse handles (ansible-runner's event callbacks and pexpect buffer, and "
-        "Shepherd's copy of up to 1 MB per chunk). Which of these holds the memory was "
-        "not profiled in this run"
+        "the horse handles. pexpect's buffer is bounded to one read (END_OF_READ in "
+        "jobs/playbook.py), which leaves ansible-runner's event parsing and Shepherd's "
+        "copy of up to 1 MB per chunk. Which of these holds the memory was not "
+        "profiled in this run"
     )
 
 

@@ -38,6 +38,13 @@ PROGRESS_INTERVAL = 1.0
 # Seconds the monitor keeps retrying the copy of the last output when the
 # database is unreachable as the playbook ends.
 FLUSH_TIMEOUT = 25.0
+# A prompt pattern, with no response, that matches the last character of
+# every read from the playbook's terminal. pexpect (4.9) keeps all text read
+# since the last match of an expect() pattern, and ansible-runner (2.4)
+# otherwise expects only TIMEOUT and EOF, so the work horse would hold a copy
+# (two, briefly) of everything the playbook prints. A match after every read
+# keeps that buffer to about one read (pexpect's maxread, 2,000 characters).
+END_OF_READ = r"(?s).\Z"
 
 
 def run_playbook(run_id, attempt):
@@ -215,7 +222,9 @@ class Execution:
             quiet=True,
             event_handler=self.progress.on_event,
             cancel_callback=self.lost_ownership.is_set,
-            # How often ansible-runner checks the cancel callback, in seconds.
+            passwords={END_OF_READ: None},
+            # ansible-runner checks the cancel callback after every read and
+            # at least this often, in seconds, while the playbook is silent.
             settings={"suppress_ansible_output": True, "pexpect_timeout": 1},
         )
 
