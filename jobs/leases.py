@@ -39,6 +39,7 @@ from . import drain, queueing
 logger = logging.getLogger(__name__)
 
 ACTIVE = [s.value for s in ACTIVE_STATUSES]
+ENDED = Deployment.status.not_in(ACTIVE)
 WAIT_SUFFIX = re.compile(r"-w(\d+)$")
 
 
@@ -110,14 +111,22 @@ def acquire(run_id, attempt, hosts):
 def _free_ended(hosts):
     """Delete leases on ``hosts`` whose run has ended: the sweep may not have yet."""
     db.session.execute(
-        delete(HostLease).where(
-            HostLease.host.in_(hosts),
-            HostLease.deployment_id.in_(
-                select(Deployment.id).where(Deployment.status.not_in(ACTIVE))
-            ),
-        )
+        delete(HostLease).where(HostLease.host.in_(hosts), _holder_is(ENDED))
     )
     db.session.commit()
+
+
+def _holder_is(condition):
+    """Return a filter on leases whose run meets ``condition``.
+
+    A correlated EXISTS costs one primary-key lookup per lease, where an IN
+    over the runs that meet the condition would read the whole history.
+    """
+    return (
+        select(Deployment.id)
+        .where(Deployment.id == HostLease.deployment_id, condition)
+        .exists()
+    )
 
 
 def release(*run_ids):
@@ -130,12 +139,7 @@ def release(*run_ids):
 def release_if_ended(run_id):
     """Delete a run's leases if the run has ended, and commit. Safe to call twice."""
     released = db.session.execute(
-        delete(HostLease).where(
-            HostLease.deployment_id == run_id,
-            HostLease.deployment_id.in_(
-                select(Deployment.id).where(Deployment.status.not_in(ACTIVE))
-            ),
-        )
+        delete(HostLease).where(HostLease.deployment_id == run_id, _holder_is(ENDED))
     ).rowcount
     db.session.commit()
     if released:
@@ -151,14 +155,12 @@ def release_stale(grace):
     between taking them and being marked running, so its work horse died.
     """
     cutoff = database_time() - timedelta(seconds=grace)
-    ended = select(Deployment.id).where(Deployment.status.not_in(ACTIVE))
-    queued = select(Deployment.id).where(Deployment.status == RunStatus.QUEUED.value)
     released = db.session.execute(
         delete(HostLease).where(
             or_(
-                HostLease.deployment_id.in_(ended),
+                _holder_is(ENDED),
                 and_(
-                    HostLease.deployment_id.in_(queued),
+                    _holder_is(Deployment.status == RunStatus.QUEUED.value),
                     HostLease.acquired_at < cutoff,
                 ),
             )
