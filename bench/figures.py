@@ -8,6 +8,7 @@ recorded in ``tracker`` so that the report can count false verdicts.
 import json
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from datetime import datetime
 
 import psutil
 import requests
-from stack import TRIVIAL, BenchError, wait_for
+from stack import TERMINAL, TRIVIAL, BenchError, wait_for
 from stats import summary
 
 MARK = re.compile(r"bench-mark (\d+\.\d+)")
@@ -29,32 +30,53 @@ def _timestamp(iso):
     return datetime.fromisoformat(iso).timestamp() if iso else None
 
 
-def _shepherd_one(stack, playbook=TRIVIAL, **fields):
-    """Launch one run and wait for its terminal status; return (seconds, run, t0).
-
-    The run dict gains ``_launched`` (client time before the POST),
-    ``_created`` (client time the POST returned) and ``_seen`` (client time
-    the terminal status was first read).
-    """
+def _launch_one(stack, playbook=TRIVIAL, **fields):
+    """Launch one run; return it with ``_launched`` and ``_created`` client times."""
     session = stack.new_session()
-    started = time.time()
+    launched = time.time()
     run = stack.launch(playbook, session=session, **fields)
-    created = time.time()
-    done, seen = stack.wait_terminal(run["id"], session=session)
+    run.update(_launched=launched, _created=time.time())
     session.close()
-    done.update(_launched=started, _created=created, _seen=seen)
-    return seen - started, done, started
+    return run
 
 
-def shepherd_batch(stack, count, tracker):
-    """Launch ``count`` runs at once; return (seconds until all ended, runs)."""
+def shepherd_batch(stack, count, tracker, interval=0.05):
+    """Launch ``count`` runs at once; return (seconds until all ended, runs).
+
+    One poll of the active runs every ``interval`` seconds watches the whole
+    batch, as a history page would, so that the client's own requests take
+    little of the CPU the runs need. Each run gains ``_launched`` (client
+    time before its POST), ``_created`` (when the POST returned) and
+    ``_seen`` (the first poll that found it ended).
+    """
     with ThreadPoolExecutor(count) as pool:
-        results = list(pool.map(lambda _: _shepherd_one(stack), range(count)))
-    first = min(started for _, _, started in results)
-    last = max(started + seconds for seconds, _, started in results)
-    for _, run, _ in results:
+        launched = list(pool.map(lambda _: _launch_one(stack), range(count)))
+    waiting = {run["id"] for run in launched}
+    seen = {}
+    deadline = time.monotonic() + 300
+    while waiting:
+        if time.monotonic() > deadline:
+            raise BenchError(f"runs {sorted(waiting)} still active after 300 s")
+        time.sleep(interval)
+        now = time.time()
+        for run_id in waiting - stack.active_ids():
+            seen[run_id] = now
+        waiting -= set(seen)
+    runs = []
+    for run in launched:
+        done = stack.get_run(run["id"])
+        if done["status"] not in TERMINAL:
+            raise BenchError(
+                f"run {run['id']} left the active list as {done['status']}"
+            )
+        done.update(
+            _launched=run["_launched"], _created=run["_created"], _seen=seen[run["id"]]
+        )
+        runs.append(done)
         tracker.append(run["id"])
-    return last - first, [run for _, run, _ in results]
+    first = min(run["_launched"] for run in runs)
+    last = max(run["_seen"] for run in runs)
+    return last - first, runs
 
 
 def bare_batch(stack, count, playbook=TRIVIAL):
@@ -141,6 +163,28 @@ def phases_ms(run):
     }
 
 
+def _reaped_cpu():
+    """Return the CPU time of this process's children that have been waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+# Seconds to let work horses exit and be reaped after their runs have ended,
+# so that their CPU time is counted with the batch that used it.
+REAP_SETTLE = 0.3
+
+
+def _with_cpu(clock, function, *args):
+    """Call ``function``; return its results followed by the CPU seconds ``clock`` saw."""
+    before = clock()
+    result = function(*args)
+    time.sleep(REAP_SETTLE)
+    used = clock() - before
+    if isinstance(result, tuple):
+        return (*result, used)
+    return result, used
+
+
 def overhead(stack, workers, concurrency, pairs, tracker):
     """Alternate batches of Shepherd runs and bare runs; compare them pair by pair.
 
@@ -153,17 +197,23 @@ def overhead(stack, workers, concurrency, pairs, tracker):
     rows, phases = [], []
     for index in range(pairs):
         if index % 2 == 0:
-            shepherd, runs = shepherd_batch(stack, concurrency, tracker)
-            bare = bare_batch(stack, concurrency)
+            shepherd, runs, shepherd_cpu = _with_cpu(
+                stack.cpu_seconds, shepherd_batch, stack, concurrency, tracker
+            )
+            bare, bare_cpu = _with_cpu(_reaped_cpu, bare_batch, stack, concurrency)
         else:
-            bare = bare_batch(stack, concurrency)
-            shepherd, runs = shepherd_batch(stack, concurrency, tracker)
+            bare, bare_cpu = _with_cpu(_reaped_cpu, bare_batch, stack, concurrency)
+            shepherd, runs, shepherd_cpu = _with_cpu(
+                stack.cpu_seconds, shepherd_batch, stack, concurrency, tracker
+            )
         phases += [p for p in map(phases_ms, runs) if p]
         rows.append(
             {
                 "shepherd_s": round(shepherd, 4),
                 "bare_s": round(bare, 4),
                 "ratio": round(shepherd / bare, 4),
+                "shepherd_cpu_per_run_s": round(shepherd_cpu / concurrency, 4),
+                "bare_cpu_per_run_s": round(bare_cpu / concurrency, 4),
                 "statuses": [run["status"] for run in runs],
             }
         )
@@ -177,6 +227,10 @@ def overhead(stack, workers, concurrency, pairs, tracker):
         "shepherd_s": summary([row["shepherd_s"] for row in rows]),
         "bare_s": summary([row["bare_s"] for row in rows]),
         "runner_alone_s": summary([row.get("runner_alone_s") for row in rows]),
+        "shepherd_cpu_per_run_s": summary(
+            [row["shepherd_cpu_per_run_s"] for row in rows], 3
+        ),
+        "bare_cpu_per_run_s": summary([row["bare_cpu_per_run_s"] for row in rows], 3),
         "dispatch_ms": [p["dispatch"] for p in phases],
         "phases_ms": {
             name: summary([p[name] for p in phases], 1)

@@ -290,6 +290,29 @@ class Stack:
         self.workers.append(proc)
         return proc
 
+    def cpu_seconds(self):
+        """Return the CPU time (user + system) used so far by the stack's processes.
+
+        Covers Redis, gunicorn and its workers, the RQ workers with the work
+        horses and Ansible processes they have reaped, and the scheduler.
+        """
+        total = 0.0
+        for proc in [self.redis_proc, self.web, self.scheduler, *self.workers]:
+            if proc is None:
+                continue
+            try:
+                process = psutil.Process(proc.pid)
+                family = [process, *process.children(recursive=True)]
+                for member in family:
+                    times = member.cpu_times()
+                    total += times.user + times.system
+                # Children already reaped count once, in their parent.
+                times = process.cpu_times()
+                total += times.children_user + times.children_system
+            except psutil.NoSuchProcess:
+                continue
+        return total
+
     def set_workers(self, count):
         """Stop or start workers until exactly ``count`` are alive."""
         self.workers = [w for w in self.workers if w.alive()]

@@ -1,6 +1,7 @@
 """Signing in and out, session cookies, CSRF, API tokens and sign-in limits."""
 
 import re
+from datetime import timedelta
 
 import pytest
 from conftest import TEST_PASSWORD, create_user, token_client
@@ -228,6 +229,24 @@ def test_bearer_token_authenticates_api(app, anon_client):
         assert row.last_used_at is not None
         assert row.token_hash != client.token
         assert client.token not in row.token_hash
+
+
+def test_token_last_use_written_once_a_minute(app):
+    client = token_client(app, "poller", "viewer")
+    assert client.get("/api/deployments").status_code == 200
+    with app.app_context():
+        first = db.session.scalar(db.select(ApiToken.last_used_at))
+
+    assert client.get("/api/deployments").status_code == 200
+    with app.app_context():
+        assert db.session.scalar(db.select(ApiToken.last_used_at)) == first
+        row = db.session.scalar(db.select(ApiToken))
+        row.last_used_at = first - timedelta(minutes=2)
+        db.session.commit()
+
+    assert client.get("/api/deployments").status_code == 200
+    with app.app_context():
+        assert db.session.scalar(db.select(ApiToken.last_used_at)) > first
 
 
 @pytest.mark.parametrize(

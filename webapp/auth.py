@@ -137,6 +137,13 @@ def create_token(user, label=None):
     return row, token
 
 
+# Maximum age of a token's last_used_at before a request writes it again.
+# A write on every request would make each API read a write transaction,
+# which on SQLite takes the one write lock that heartbeats and output
+# copies need.
+TOKEN_USE_PRECISION = timedelta(minutes=1)
+
+
 def bearer_token():
     """Return the token of an ``Authorization: Bearer`` header, '' if malformed,
     or None without such a header."""
@@ -163,8 +170,10 @@ def user_for_token(token):
     user = db.session.get(User, row.user_id)
     if user is None or not user.is_active:
         return None
-    row.last_used_at = utcnow()
-    db.session.commit()
+    now = utcnow()
+    if row.last_used_at is None or now - row.last_used_at > TOKEN_USE_PRECISION:
+        row.last_used_at = now
+        db.session.commit()
     return user
 
 
