@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install install-test run test test-postgres bench lint clean
+.PHONY: install install-test run test test-postgres bench bench-postgres lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ test-postgres: install-test
 
 bench: install-test
 	$(BIN)/python bench/run.py
+
+# The same on PostgreSQL: the server .ci/postgres finds or sets up, or BENCH_DATABASE_URL.
+bench-postgres: install-test
+	BENCH_DATABASE_URL=$${BENCH_DATABASE_URL:-$$(bash .ci/postgres)} $(BIN)/python bench/run.py --output-dir docs/postgresql
 
 lint:
 	$(BIN)/ruff check .

@@ -140,6 +140,7 @@ def test_launch_badge_goes_queued_running_successful(page, client, processes):
     expect(page.locator("#run-status [data-status]")).to_have_attribute(
         "data-status", "queued"
     )
+    expect(page.locator("[data-rq-state]")).to_contain_text("queued")
     loaded_once = page.evaluate("window.__loadedOnce")
     processes.worker()
 
@@ -153,6 +154,7 @@ def test_launch_badge_goes_queued_running_successful(page, client, processes):
     expect(page.locator("#stats tbody tr")).to_have_count(1)
     expect(page.locator("#toasts")).to_contain_text("ended: successful")
     expect(page.locator("#cancel-button")).to_have_count(0)
+    expect(page.locator("[data-rq-state]")).to_have_count(0)
     assert_no_inline_script(page)
     assert page.js_errors == []
     screenshot(page, "run-successful")

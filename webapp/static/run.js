@@ -72,6 +72,8 @@
     if (ended) {
       const cancel = document.getElementById("cancel-form");
       if (cancel) cancel.remove();
+      // What RQ said while the run was active no longer holds.
+      for (const stale of document.querySelectorAll("[data-rq-state], [data-rq-warning]")) stale.remove();
       window.shepherd.runEnded(state);
     }
   }
