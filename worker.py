@@ -110,6 +110,7 @@ def main():
         [get_notify_queue(config, connection), get_queue(config, connection)],
         connection=connection,
         name=args.name,
+        worker_ttl=config["WORKER_TTL"],
     )
     logger.info(
         "worker: %s on host %s, queue %s",

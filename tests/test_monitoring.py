@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -158,6 +159,24 @@ def test_healthz_ok_with_worker_and_scheduler(app, client, processes):
         body["checks"]["scheduler"]["sweep_age"]
         < body["checks"]["scheduler"]["max_age"]
     )
+
+
+def test_healthz_forgets_killed_worker(app, client, processes):
+    worker = processes.worker(env={"WORKER_TTL": "16"})
+    body = client.get("/healthz").get_json()
+    assert body["checks"]["workers"]["count"] == 1
+
+    worker.send(signal.SIGKILL)
+
+    # RQ's registration expires WORKER_TTL (16 s) after the last heartbeat.
+    body = wait_for(
+        lambda: (b := client.get("/healthz").get_json())["checks"]["workers"]["count"]
+        == 0
+        and b,
+        30,
+        message="/healthz to stop counting the killed worker",
+    )
+    assert "workers" in body["failing"]
 
 
 def test_healthz_names_redis_down(shepherd_env, monkeypatch):

@@ -205,6 +205,11 @@ def load(env=None):
         "HEARTBEAT_GRACE": _number(env, "HEARTBEAT_GRACE", 15.0),
         "SWEEP_INTERVAL": _number(env, "SWEEP_INTERVAL", 5.0),
         "STALL_WARNING": _number(env, "STALL_WARNING", 600.0),
+        # Seconds an RQ worker's registration lives without a heartbeat (RQ's
+        # worker_ttl; an idle worker renews it every WORKER_TTL - 15 s). A
+        # worker killed with SIGKILL leaves `rq info` and /healthz this long
+        # after its death. RQ's own default is 420.
+        "WORKER_TTL": _number(env, "WORKER_TTL", 60, int, minimum=15),
         "STUCK_AFTER": _number(env, "STUCK_AFTER", 7200.0),
         # Queued rows younger than this are never treated as lost by a sweep:
         # the web process may still be enqueueing their job.

@@ -11,7 +11,6 @@ from datetime import timedelta
 
 from flask import current_app
 from redis.exceptions import RedisError
-from rq import Worker
 from sqlalchemy import Float, String, and_, func, literal_column, select
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import FunctionElement
@@ -20,6 +19,7 @@ from . import history
 from .catalog import list_playbooks
 from .extensions import db
 from .models import Deployment, RunStatus, database_time
+from .redis_conn import count_workers
 
 # Statuses counted as failures for the alert banner.
 FAILURE_STATUSES = (
@@ -135,7 +135,7 @@ def summary(now=None):
     }
     try:
         connection = redis_connection()
-        result["workers"] = Worker.count(connection=connection)
+        result["workers"] = count_workers(connection)
         result["queue_depth"] = queue().count
         raw = connection.get(LAST_SWEEP_KEY)
         if raw:

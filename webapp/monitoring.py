@@ -25,14 +25,13 @@ from prometheus_client.core import (
 from prometheus_client.registry import CollectorRegistry
 from prometheus_client.utils import floatToGoString
 from redis.exceptions import RedisError
-from rq import Worker
 from sqlalchemy import case, extract, func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import history
 from .extensions import db
 from .models import Deployment, NotificationDelivery, RunStatus, database_time
-from .redis_conn import get_queue
+from .redis_conn import count_workers, get_queue
 
 bp = Blueprint("monitoring", __name__)
 
@@ -164,7 +163,7 @@ class RunCollector:
         try:
             connection = _redis()
             depth = get_queue(current_app.config, connection).count
-            workers = Worker.count(connection=connection)
+            workers = count_workers(connection)
             raw = connection.get(LAST_SWEEP_KEY)
         except RedisError:
             up.add_metric([], 0)
@@ -220,7 +219,7 @@ def healthz():
         connection = _redis()
         connection.ping()
         checks["redis"] = {"ok": True}
-        workers = Worker.count(connection=connection)
+        workers = count_workers(connection)
         checks["workers"] = {"ok": workers > 0, "count": workers}
         raw = connection.get(LAST_SWEEP_KEY)
     except RedisError as exc:
