@@ -85,9 +85,9 @@ def _why_sweep_stale(results):
         "of compare-and-set UPDATEs, one read-back of the winners, bulk inserts of "
         "their attempts and explanation lines, one commit and one notification pass. "
         "What remains, in the profile below, is per ended run: SQLAlchemy's processing "
-        "of each row's parameters, SQLite's writes of rows and index entries spread "
-        "over the whole table, and one log line. The cost grows with the stale rows, "
-        "not with the table"
+        "of each row's parameters, the database's writes of rows and index entries "
+        "spread over the whole table, and one log line. The cost grows with the stale "
+        "rows, not with the table"
     )
 
 
