@@ -161,19 +161,23 @@ def test_healthz_ok_with_worker_and_scheduler(app, client, processes):
     )
 
 
-def test_healthz_forgets_killed_worker(app, client, processes):
+def test_healthz_forgets_killed_worker(app, client, processes, redis_client):
     worker = processes.worker(env={"WORKER_TTL": "16"})
     body = client.get("/healthz").get_json()
     assert body["checks"]["workers"]["count"] == 1
+    key = f"rq:worker:{worker.name}"
+    # RQ keeps a worker's key WORKER_TTL + 60 s after its last heartbeat.
+    assert 0 < redis_client.ttl(key) <= 16 + 60
 
     worker.send(signal.SIGKILL)
+    wait_for(lambda: not worker.alive(), 10, message="the worker to die")
+    redis_client.expire(key, 1)  # as if those seconds had passed
 
-    # RQ's registration expires WORKER_TTL (16 s) after the last heartbeat.
     body = wait_for(
         lambda: (b := client.get("/healthz").get_json())["checks"]["workers"]["count"]
         == 0
         and b,
-        30,
+        10,
         message="/healthz to stop counting the killed worker",
     )
     assert "workers" in body["failing"]
