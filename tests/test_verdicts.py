@@ -263,11 +263,11 @@ def test_sweep_yields_to_heartbeat_during_judgement(app, redis_client, monkeypat
         db.session.add(run)
         db.session.commit()
 
-        def beat_meanwhile(connection, job_id):
+        def beat_meanwhile(connection, runs):
             assert state.heartbeat(run.id, 1)
-            return None
+            return [None] * len(runs)
 
-        monkeypatch.setattr(sweep, "_rq_status", beat_meanwhile)
+        monkeypatch.setattr(sweep, "_rq_statuses", beat_meanwhile)
         ended = sweep.end_stale_heartbeats(redis_client, app.config)
 
         db.session.refresh(run)
