@@ -68,3 +68,25 @@ def test_sign_in_launch_cancel_sign_out(app, base_url, browser_page):
     page.goto(f"{base_url}/runs")
     assert page.url.startswith(f"{base_url}/login")
     assert page.csp_errors == []
+
+
+def test_admin_creates_user_who_signs_in(app, base_url, browser_page):
+    page = browser_page
+    login(page, base_url, app=app)
+
+    page.click("#nav a[href='/users']")
+    page.wait_for_selector("#new-user-form")
+    page.fill("#new-name", "carol")
+    page.select_option("#new-role", "operator")
+    page.click("#create-user")
+    password = page.inner_text("#secret")
+    page.click("#logout-button")
+    page.wait_for_selector("#login-form")
+    login(page, base_url, name="carol", password=password)
+
+    assert "carol (operator)" in page.inner_text("#user-menu")
+    assert page.locator("#nav a[href='/users']").count() == 0
+    response = page.goto(f"{base_url}/users")
+    assert response.status == 403
+    assert "needs the admin role" in page.inner_text("#error-description")
+    assert page.csp_errors == []

@@ -33,6 +33,10 @@ ROUTES = [
     ("POST", "/api/deployments/{active}/cancel", "operator"),
     ("POST", "/api/deployments/{run}/relaunch", "operator"),
     ("GET", "/api/audit", "admin"),
+    ("GET", "/users", "admin"),
+    ("POST", "/users", "admin"),
+    ("GET", "/api/users", "admin"),
+    ("POST", "/api/users", "admin"),
 ]
 LAUNCH = {"playbook": "ping.yml", "target": "localhost"}
 
@@ -151,16 +155,22 @@ def test_forbidden_api_error_is_json(clients):
         (
             "viewer",
             ["History", 'data-user="viewer"'],
-            ['href="/launch"', 'id="cancel-button"', 'id="relaunch-button"', "/audit"],
+            [
+                'href="/launch"',
+                'id="cancel-button"',
+                'id="relaunch-button"',
+                "/audit",
+                'href="/users"',
+            ],
         ),
         (
             "operator",
             ['href="/launch"', 'id="cancel-button"', 'id="relaunch-button"'],
-            ['href="/audit"'],
+            ['href="/audit"', 'href="/users"'],
         ),
         (
             "admin",
-            ['href="/launch"', 'id="cancel-button"', 'href="/audit"'],
+            ['href="/launch"', 'id="cancel-button"', 'href="/audit"', 'href="/users"'],
             [],
         ),
     ],

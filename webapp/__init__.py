@@ -19,6 +19,7 @@ def create_app(test_config=None):
         monitoring,
         runs,
         schedules,
+        users,
         views,
     )
     from .catalog import Inventory
@@ -64,6 +65,8 @@ def create_app(test_config=None):
     app.register_blueprint(schedules.api_bp)
     app.register_blueprint(monitoring.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(users.bp)
+    app.register_blueprint(users.api_bp)
     cli.register(app)
     return app
 

@@ -6,9 +6,9 @@ import click
 from flask.cli import AppGroup
 from sqlalchemy import select
 
-from . import audit, auth
+from . import accounts, auth
 from .extensions import db
-from .models import ApiToken, Role, User, utcnow
+from .models import ApiToken, Role, User
 
 FIRST_ADMIN_HINT = (
     "No admin account exists yet. Create the first one with:\n"
@@ -45,11 +45,9 @@ def create_user_command(name, role, password_stdin):
     """Create user NAME with a password."""
     password = _read_password(name, password_stdin)
     try:
-        auth.validate_password(password)
-        user = auth.create_user(name, role, password)
+        user, _ = accounts.create(name, role, password, actor="cli")
     except auth.AccountError as exc:
         _fail(exc)
-    audit.record("user.create", user.name, {"role": user.role}, actor="cli")
     click.echo(f"Created user {user.name} with role {user.role}.")
 
 
@@ -76,11 +74,11 @@ def _existing_user(name):
 def set_role_command(name, role):
     """Give user NAME the role ROLE; their tokens act with the new role."""
     user = _existing_user(name)
-    before = user.role
-    user.role = role
-    db.session.commit()
-    audit.record("user.set_role", name, {"before": before, "after": role}, actor="cli")
-    click.echo(f"User {name} now has role {role} (was {before}).")
+    try:
+        before = accounts.update(user, role=role, actor="cli")
+    except auth.AccountError as exc:
+        _fail(exc)
+    click.echo(f"User {name} now has role {role} (was {before['role']}).")
 
 
 @users_command.command("set-password")
@@ -94,10 +92,9 @@ def set_password_command(name, password_stdin):
     """Set a new password for user NAME."""
     user = _existing_user(name)
     try:
-        auth.set_password(user, _read_password(name, password_stdin))
+        accounts.set_password(user, _read_password(name, password_stdin), actor="cli")
     except auth.AccountError as exc:
         _fail(exc)
-    audit.record("user.set_password", name, actor="cli")
     click.echo(f"Password of {name} changed.")
 
 
@@ -105,9 +102,10 @@ def set_password_command(name, password_stdin):
 @click.argument("name")
 def disable_user_command(name):
     """Stop user NAME from signing in or using their tokens."""
-    _existing_user(name).disabled = True
-    db.session.commit()
-    audit.record("user.disable", name, actor="cli")
+    try:
+        accounts.update(_existing_user(name), disabled=True, actor="cli")
+    except auth.AccountError as exc:
+        _fail(exc)
     click.echo(f"User {name} is disabled.")
 
 
@@ -115,9 +113,7 @@ def disable_user_command(name):
 @click.argument("name")
 def enable_user_command(name):
     """Allow a disabled user NAME to sign in again."""
-    _existing_user(name).disabled = False
-    db.session.commit()
-    audit.record("user.enable", name, actor="cli")
+    accounts.update(_existing_user(name), disabled=False, actor="cli")
     click.echo(f"User {name} is enabled.")
 
 
@@ -162,8 +158,10 @@ def create_token_command(name, label):
             f"User {name!r} not found. Create it first with "
             f"'flask --app webapp users create {name} --role ROLE'."
         )
-    row, token = auth.create_token(user, label)
-    audit.record("token.create", user.name, {"token_id": row.id}, actor="cli")
+    try:
+        row, token = accounts.issue_token(user, label, actor="cli")
+    except auth.AccountError as exc:
+        _fail(exc)
     click.echo(token)
     click.echo(
         f"Token {row.id} ({row.prefix}...) acts as {user.name} ({user.role}). "
@@ -198,8 +196,5 @@ def revoke_token_command(token_id):
         raise click.ClickException(
             f"Token {token_id} not found. 'flask --app webapp tokens list' shows ids."
         )
-    if row.revoked_at is None:
-        row.revoked_at = utcnow()
-        db.session.commit()
-        audit.record("token.revoke", str(token_id), actor="cli")
+    accounts.revoke_token(row, actor="cli")
     click.echo(f"Token {token_id} ({row.prefix}...) is revoked.")

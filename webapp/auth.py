@@ -46,7 +46,18 @@ _DUMMY_HASH = generate_password_hash(secrets.token_hex(16))
 
 
 class AccountError(ValueError):
-    """A user name, role, password or token given to the CLI is invalid."""
+    """An account change is invalid or not allowed.
+
+    ``field`` and ``value`` name the culprit; ``status`` is the HTTP status
+    for the API: 400 for invalid input, 409 for a conflict with the stored
+    accounts (a taken name, the last active admin).
+    """
+
+    def __init__(self, message, field=None, value=None, status=400):
+        super().__init__(message)
+        self.field = field
+        self.value = value
+        self.status = status
 
 
 def init_app(app):
@@ -61,7 +72,9 @@ def validate_name(name):
     if not isinstance(name, str) or not USER_NAME.fullmatch(name):
         raise AccountError(
             f"Invalid user name {name!r}: use 1 to 64 letters, digits, '.', '_', "
-            "'-' or '@', starting with a letter or digit."
+            "'-' or '@', starting with a letter or digit.",
+            "name",
+            name,
         )
     return name
 
@@ -71,14 +84,23 @@ def validate_role(role):
         return Role(role).value
     except ValueError:
         raise AccountError(
-            f"Invalid role {role!r}: use one of {', '.join(r.value for r in Role)}."
+            f"Invalid role {role!r}: use one of {', '.join(r.value for r in Role)}.",
+            "role",
+            role,
         ) from None
 
 
 def validate_password(password):
-    if not isinstance(password, str) or len(password) < MIN_PASSWORD_LENGTH:
+    if not isinstance(password, str):
         raise AccountError(
-            f"The password is too short: use at least {MIN_PASSWORD_LENGTH} characters."
+            f"Invalid password of type {type(password).__name__}: send text of at "
+            f"least {MIN_PASSWORD_LENGTH} characters.",
+            "password",
+        )
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise AccountError(
+            f"The password is too short: use at least {MIN_PASSWORD_LENGTH} characters.",
+            "password",
         )
     return password
 
@@ -92,7 +114,7 @@ def create_user(name, role, password=None):
     validate_name(name)
     role = validate_role(role)
     if find_user(name) is not None:
-        raise AccountError(f"User {name!r} already exists.")
+        raise AccountError(f"User {name!r} already exists.", "name", name, 409)
     user = User(name=name, role=role)
     if password is not None:
         user.password_hash = generate_password_hash(validate_password(password))

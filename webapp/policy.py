@@ -72,6 +72,18 @@ POLICY = {
     "schedules_api.api_create": "schedules",
     "schedules_api.api_update": "schedules",
     "schedules_api.api_delete": "schedules",
+    "users.index": "users",
+    "users.create": "users",
+    "users.detail": "users",
+    "users.set_role": "users",
+    "users.disable": "users",
+    "users.enable": "users",
+    "users.reset_password": "users",
+    "users.create_token": "users",
+    "users.revoke_token": "users",
+    "users_api.api_list": "users",
+    "users_api.api_create": "users",
+    "users_api.api_update": "users",
 }
 
 csrf = CSRFProtect()
