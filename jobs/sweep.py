@@ -29,6 +29,13 @@ LAST_SWEEP_KEY = "shepherd:sweep:last"
 # database as congested and postpones heartbeat verdicts. A write
 # transaction normally keeps the lock for milliseconds.
 CONGESTED_WAIT = 0.25
+# Seconds a sweep waits on SQLite before it writes heartbeat verdicts. A
+# heartbeat blocked behind another writer sleeps in SQLite's busy handler
+# between tries, at most 100 ms apart (sqliteDefaultBusyCallback, SQLite
+# built with usleep). The sweep may itself have waited for the lock and got
+# it first, so after this pause any heartbeat that was waiting has landed,
+# and the verdict's compare-and-set sees it.
+BUSY_RETRY_SETTLE = 0.2
 # Seconds after a run ended before its RQ job may be moved out of the
 # started registry by a sweep.
 REGISTRY_SETTLE = 10
@@ -282,6 +289,12 @@ def _end(verdicts, code):
     of it and copies its last output; runs on other hosts end together in
     one transaction.
     """
+    if not verdicts:
+        return 0
+    if db.engine.dialect.name == "sqlite":
+        # Drop the read snapshot, so the verdicts see what lands meanwhile.
+        db.session.rollback()
+        time.sleep(BUSY_RETRY_SETTLE)
     hostname = current_app.config["HOSTNAME"]
     remote = []
     ended = 0
