@@ -308,3 +308,82 @@ def test_disabled_user_session_ends(app, anon_client):
         db.session.commit()
 
     assert anon_client.get("/").status_code == 302
+
+
+def change_password(client, current, new, again=None):
+    return client.post(
+        "/account/password",
+        data={
+            "current_password": current,
+            "new_password": new,
+            "new_password_again": new if again is None else again,
+            "csrf_token": csrf_token(client, "/account/password"),
+        },
+    )
+
+
+def test_own_password_change_keeps_this_session(app, anon_client):
+    create_user(app, "alice", "viewer")
+    other = app.test_client()
+    sign_in(anon_client, "alice")
+    sign_in(other, "alice")
+
+    response = change_password(anon_client, TEST_PASSWORD, "a brand new password")
+
+    assert response.status_code == 302
+    assert anon_client.get("/").status_code == 200
+    assert other.get("/").status_code == 302
+    with app.app_context():
+        user = auth.find_user("alice")
+        assert auth.check_password(user, "a brand new password")
+    assert ("user.set_password", "alice", "alice", "127.0.0.1") in audit_actions(app)
+
+
+@pytest.mark.parametrize(
+    ("current", "new", "again", "message"),
+    [
+        ("wrong password", "a brand new password", None, "current password is wrong"),
+        (TEST_PASSWORD, "a brand new password", "another one!!", "differ"),
+        (TEST_PASSWORD, "short", None, "too short"),
+        (TEST_PASSWORD, TEST_PASSWORD, None, "is the current one"),
+    ],
+)
+def test_own_password_change_rejects(app, anon_client, current, new, again, message):
+    create_user(app, "alice", "viewer")
+    sign_in(anon_client, "alice")
+
+    response = change_password(anon_client, current, new, again)
+
+    assert response.status_code == 400
+    assert message in response.get_data(as_text=True)
+    with app.app_context():
+        assert auth.check_password(auth.find_user("alice"), TEST_PASSWORD)
+
+
+def test_own_password_change_needs_csrf_and_session(app, anon_client, client):
+    create_user(app, "alice", "viewer")
+    sign_in(anon_client, "alice")
+    response = anon_client.post(
+        "/account/password",
+        data={
+            "current_password": TEST_PASSWORD,
+            "new_password": "a brand new password",
+            "new_password_again": "a brand new password",
+        },
+    )
+    assert response.status_code == 400
+    assert app.test_client().get("/account/password").status_code == 302
+    assert client.get("/account/password").status_code == 403
+
+
+def test_own_password_change_rate_limited(app, anon_client):
+    create_user(app, "alice", "viewer")
+    sign_in(anon_client, "alice")
+    for _ in range(app.config["LOGIN_MAX_FAILURES"]):
+        assert change_password(anon_client, "wrong guess", "x" * 12).status_code == 400
+
+    response = change_password(anon_client, TEST_PASSWORD, "a brand new password")
+
+    assert response.status_code == 429
+    with app.app_context():
+        assert auth.check_password(auth.find_user("alice"), TEST_PASSWORD)

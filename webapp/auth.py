@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
+    abort,
     current_app,
     flash,
     g,
@@ -301,3 +302,50 @@ def logout():
     session.clear()
     flash("Signed out.", "info")
     return redirect(url_for("auth.login"))
+
+
+@bp.route("/account/password", methods=["GET", "POST"])
+def change_password():
+    """Let a signed-in user change their own password.
+
+    The current password is required, so a session left open is not enough
+    to take over the account. The change ends the user's other sessions,
+    and this one continues under the new password.
+    """
+    if authenticated_by_token():
+        abort(403, description="Change a password in the browser, not with a token.")
+    if request.method == "GET":
+        return render_template("auth/password.html")
+
+    from . import accounts
+
+    user = current_user._get_current_object()
+    current = request.form.get("current_password") or ""
+    new = request.form.get("new_password") or ""
+    again = request.form.get("new_password_again") or ""
+    if login_blocked(user.name, request.remote_addr):
+        flash("Too many wrong passwords. Wait a few minutes and try again.", "danger")
+        return render_template("auth/password.html"), 429
+    problem = None
+    if not check_password(user, current):
+        # Counted with failed sign-ins, so guesses here meet the same limits.
+        audit.record(
+            "login.failure", user.name, {"reason": "wrong password on password change"}
+        )
+        problem = "The current password is wrong."
+    elif new != again:
+        problem = "The new password and its repetition differ: type the same twice."
+    elif new == current:
+        problem = "The new password is the current one: choose another."
+    if problem is None:
+        try:
+            accounts.set_password(user, new, actor=user.name)
+        except AccountError as exc:
+            problem = str(exc)
+    if problem is not None:
+        flash(problem, "danger")
+        return render_template("auth/password.html"), 400
+
+    login_user(user)  # the session id carries the new password's fingerprint
+    flash("Password changed. Your other sessions are signed out.", "success")
+    return redirect(url_for("views.index"))

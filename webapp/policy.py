@@ -35,6 +35,7 @@ POLICY = {
     "static": PUBLIC,
     "auth.login": PUBLIC,
     "auth.logout": "view",
+    "auth.change_password": "view",
     "views.index": "view",
     "views.playbooks": "view",
     "views.targets": "view",
