@@ -149,7 +149,7 @@ def run_ended(run_id, status):
 def runs_ended(endings):
     """Enqueue the notifications for runs that have just ended; return how many.
 
-    ``endings`` holds (run id, terminal status) pairs. The routes are read
+    ``endings`` contains (run id, terminal status) pairs. The routes are read
     and the failure threshold checked once for the whole list, so a sweep
     that ends many runs at once pays for them once. Never raises.
     """

@@ -41,8 +41,8 @@ ACTIVE = [s.value for s in ACTIVE_STATUSES]
 # IN list of their ids, and SQLite accepts at most 32,766 bound values in
 # one statement (since SQLite 3.32).
 CLAIM_BATCH = 1000
-# What finish_many reads back of the runs it ended: enough to record their
-# attempts and decide their retries (jobs.retries).
+# Columns that finish_many reads back of the runs it ended, enough to record
+# their attempts and decide their retries (jobs.retries).
 ENDED_COLUMNS = (
     "id",
     "playbook",

@@ -100,15 +100,6 @@ def _running_runs(*conditions):
     ).all()
 
 
-def _rq_status(connection, job_id):
-    if not job_id:
-        return None
-    try:
-        return Job.fetch(job_id, connection=connection).get_status(refresh=False)
-    except NoSuchJobError:
-        return None
-
-
 def _rq_statuses(connection, runs):
     """Return the RQ status of each run's job (None when it has none), in one round trip."""
     job_ids = [run.job_id for run in runs if run.job_id]
@@ -281,13 +272,13 @@ def reconcile_registries(connection, queue):
 
 
 def _end(verdicts, code):
-    """Abandon the runs judged in ``verdicts``, (run row, reason, evidence, heartbeat judged).
+    """Abandon the runs in ``verdicts``: (run row, reason, evidence, heartbeat judged).
 
-    Each ending is a compare-and-set on the heartbeat read for the judgement:
-    one that arrived since, while this sweeper was slow or frozen, wins. A
-    run on this host goes through handlers.end_here, which kills what is left
-    of it and copies its last output; runs on other hosts end together in
-    one transaction.
+    Each ending is a compare-and-set on the heartbeat read for the judgement,
+    so one that arrived since, while this sweeper was slow or frozen, wins.
+    A run on this host goes through handlers.end_here, which kills what is
+    left of it and copies its last output. Runs on other hosts end together
+    in one transaction.
     """
     if not verdicts:
         return 0
@@ -342,8 +333,8 @@ def repair_queued(connection, queue, config):
         )
     ).all()
     repaired = 0
-    for run in runs:
-        rq_status = _rq_status(connection, run.job_id)
+    statuses = _rq_statuses(connection, runs)
+    for run, rq_status in zip(runs, statuses, strict=True):
         if rq_status in (
             JobStatus.QUEUED,
             JobStatus.STARTED,

@@ -317,7 +317,7 @@ def change_password():
     if request.method == "GET":
         return render_template("auth/password.html")
 
-    from . import accounts
+    from . import accounts  # imported here because accounts imports this module
 
     user = current_user._get_current_object()
     current = request.form.get("current_password") or ""

@@ -205,10 +205,10 @@ def load(env=None):
         "HEARTBEAT_GRACE": _number(env, "HEARTBEAT_GRACE", 15.0),
         "SWEEP_INTERVAL": _number(env, "SWEEP_INTERVAL", 5.0),
         "STALL_WARNING": _number(env, "STALL_WARNING", 600.0),
-        # RQ's worker_ttl, in seconds. A worker's key in Redis expires
-        # WORKER_TTL + 60 s after its last heartbeat, so a worker killed with
-        # SIGKILL leaves `rq info` and /healthz then; an idle worker renews
-        # the key every WORKER_TTL - 15 s. RQ's own default is 420.
+        # RQ's worker_ttl, in seconds (RQ's own default is 420). A worker's
+        # key in Redis expires WORKER_TTL + 60 s after its last heartbeat, so
+        # a worker killed with SIGKILL leaves `rq info` and /healthz then. An
+        # idle worker renews the key every WORKER_TTL - 15 s.
         "WORKER_TTL": _number(env, "WORKER_TTL", 60, int, minimum=15),
         "STUCK_AFTER": _number(env, "STUCK_AFTER", 7200.0),
         # Queued rows younger than this are never treated as lost by a sweep:

@@ -72,7 +72,7 @@
     if (ended) {
       const cancel = document.getElementById("cancel-form");
       if (cancel) cancel.remove();
-      // What RQ said while the run was active no longer holds.
+      // The RQ state shown while the run was active is out of date now.
       for (const stale of document.querySelectorAll("[data-rq-state], [data-rq-warning]")) stale.remove();
       window.shepherd.runEnded(state);
     }
