@@ -42,6 +42,19 @@ class SweepingScheduler(Scheduler):
             [get_notify_queue(app.config, self.connection)], self.connection
         )
 
+    def run(self, burst=False):
+        # rq-scheduler's loop ends on the first Redis error, for example while
+        # Redis restarts, and under honcho one exited process stops them all.
+        # So wait for Redis and start the loop again.
+        while True:
+            try:
+                return super().run(burst=burst)
+            except RedisError as exc:
+                logger.warning("scheduler: lost Redis (%s); waiting for it", exc)
+                wait_for_redis(self.connection, self.app.config["REDIS_URL"], 300)
+                # Mark the old registration dead, so register_birth accepts ours.
+                self.register_death()
+
     def enqueue_jobs(self):
         self.sync_schedules()
         jobs = super().enqueue_jobs()

@@ -15,6 +15,7 @@ from conftest import (
 )
 
 from jobs import leases
+from jobs.sweep import LAST_SWEEP_KEY
 from webapp.extensions import db
 from webapp.models import Deployment, HostLease, RunStatus, utcnow
 
@@ -246,3 +247,17 @@ def test_leases_survive_redis_restart(client, processes, redis_server):
     done_second = wait_status(client, second["id"], {"successful", "failed"}, 60)
     assert done_second["status"] == "successful"
     assert done_second["started_at"] >= done_first["finished_at"]
+
+
+def test_scheduler_outlives_redis_outage(app, processes, redis_server, redis_client):
+    scheduler = processes.scheduler(env={"SWEEP_INTERVAL": "1"})
+
+    redis_server.restart(down_for=3)
+    redis_client.delete(LAST_SWEEP_KEY)
+
+    wait_for(
+        lambda: redis_client.get(LAST_SWEEP_KEY) is not None,
+        30,
+        message="a sweep after Redis came back",
+    )
+    assert scheduler.alive()
